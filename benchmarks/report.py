@@ -1,0 +1,278 @@
+"""Collect the benchmark's measurements and format them as a text table and a Markdown page."""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the comparison and its target for the ratio crpe/distribution.
+
+    For rows where higher is better the ratio must be at least `target`; for the others
+    (seconds, MiB of memory) it must be at most `target`. A time target of 0.67 is the
+    issue's "1.5x as fast".
+    """
+
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    target: float
+
+    def passes(self, ratio: float) -> bool:
+        return ratio >= self.target if self.higher_is_better else ratio <= self.target
+
+    def target_text(self) -> str:
+        return f"{'>=' if self.higher_is_better else '<='} {self.target:.2f}"
+
+
+def build_rows(settings: Any) -> list[Row]:
+    big = size_text(settings.blob_bytes)
+    small = size_text(settings.small_layer_bytes)
+    concurrent = size_text(settings.concurrent_image_bytes)
+    connections = settings.wrk_connections
+    return [
+        Row("manifest_get", f"manifest GET, {connections} connections", "req/s", True, 2.0),
+        Row("manifest_head", f"manifest HEAD, {connections} connections", "req/s", True, 2.0),
+        Row("blob_get", f"blob GET of {big}", "MiB/s", True, 1.0),
+        Row("push", f"skopeo push, {big} single layer", "s", False, 1.0),
+        Row("pull", f"skopeo pull, {big} single layer", "s", False, 1.0),
+        Row("push_layers", f"skopeo push, {settings.small_layers} layers of {small}", "s", False, 1 / 1.5),
+        Row("push_concurrent", f"{settings.concurrent_pushes} concurrent pushes of {concurrent}",
+            "s", False, 1.0),
+        Row("memory", "peak resident memory of the server", "MiB", False, 1.5),
+    ]
+
+
+def size_text(size: int) -> str:
+    if size >= 1 << 30 and size % (1 << 30) == 0:
+        return f"{size >> 30} GiB"
+    if size >= MIB and size % MIB == 0:
+        return f"{size // MIB} MiB"
+    return f"{size >> 10} KiB"
+
+
+def number_text(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "req/s":
+        return f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.2f}"
+    return f"{value:,.1f}"
+
+
+BLOB_GET_SHARE_TARGET = 0.9
+
+
+@dataclass
+class Report:
+    settings: Any
+    command: str
+    machine: dict[str, str]
+    versions: dict[str, str]
+    registries: list[str] = field(default_factory=list)
+    values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    problems: list[tuple[str, str, int, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    memory_details: dict[str, str] = field(default_factory=dict)
+    server_logs: dict[str, str] = field(default_factory=dict)
+    elapsed_seconds: float = 0.0
+    date: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+                      .strftime("%Y-%m-%d %H:%M UTC"))
+
+    # Collection
+
+    def add_value(self, row: str, registry: str, value: float) -> None:
+        self.values.setdefault((row, registry), []).append(value)
+
+    def add_problem(self, row: str, registry: str, round_number: int, message: str) -> None:
+        self.problems.append((row, registry, round_number, message))
+
+    def add_note(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def add_memory(self, registry: str, peak_rss_kib: int, hwm_sum_kib: int, max_processes: int) -> None:
+        self.add_value("memory", registry, peak_rss_kib / 1024)
+        self.memory_details[registry] = (
+            f"{registry}: peak of the summed VmRSS {peak_rss_kib / 1024:.1f} MiB over up to "
+            f"{max_processes} processes; sum of VmHWM at the end {hwm_sum_kib / 1024:.1f} MiB")
+
+    def has_problems(self, registry: str) -> bool:
+        return any(problem[1] == registry for problem in self.problems)
+
+    # Derived figures
+
+    def median(self, row: str, registry: str) -> float | None:
+        values = self.values.get((row, registry))
+        return statistics.median(values) if values else None
+
+    def ratio(self, row: str) -> float | None:
+        crpe, distribution = self.median(row, "crpe"), self.median(row, "distribution")
+        if crpe is None or not distribution:
+            return None
+        return crpe / distribution
+
+    def table_rows(self) -> list[list[str]]:
+        """Return the cells of the main table: row, unit, medians, ratio, target, result."""
+        rows = []
+        for row in build_rows(self.settings):
+            ratio = self.ratio(row.key)
+            result = "-" if ratio is None else ("pass" if row.passes(ratio) else "FAIL")
+            cells = [row.label, row.unit]
+            cells += [number_text(self.median(row.key, name), row.unit) for name in self.registries]
+            cells += ["-" if ratio is None else f"{ratio:.2f}", row.target_text(), result]
+            rows.append(cells)
+        return rows
+
+    def table_header(self) -> list[str]:
+        return ["row", "unit", *self.registries, "crpe/distribution", "target", "result"]
+
+    def ceiling_lines(self) -> list[str]:
+        """Return the physical ceiling and each registry's share of it, one sentence per line."""
+        nginx = self.median("ceiling_nginx", "machine")
+        sha256 = self.median("ceiling_sha256", "machine")
+        blob_mib = self.settings.blob_bytes / MIB
+        lines = [
+            f"nginx 1.22 with sendfile, same blob file, curl to /dev/null: {number_text(nginx)} MiB/s",
+            f"hashlib SHA-256, one thread, in memory: {number_text(sha256)} MiB/s",
+        ]
+        for name in self.registries:
+            blob_get = self.median("blob_get", name)
+            if blob_get is not None and nginx:
+                share = blob_get / nginx
+                verdict = ""
+                if name == "crpe":
+                    verdict = (f" (target >= {BLOB_GET_SHARE_TARGET:.0%}: "
+                               f"{'pass' if share >= BLOB_GET_SHARE_TARGET else 'FAIL'})")
+                lines.append(f"{name} blob GET: {share:.0%} of nginx{verdict}")
+            push = self.median("push", name)
+            if push and sha256:
+                rate = blob_mib / push
+                lines.append(f"{name} push: {rate:,.1f} MiB/s, {rate / sha256:.0%} of SHA-256")
+        return lines
+
+    # Output
+
+    def text(self) -> str:
+        header = self.table_header()
+        rows = [header, *self.table_rows()]
+        widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+        lines = ["", f"Medians over {self.settings.rounds} rounds"
+                 + (" (quick smoke run, reduced sizes)" if self.settings.quick else "")]
+        for row in rows:
+            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        lines += ["", "Physical ceiling", *(f"  {line}" for line in self.ceiling_lines())]
+        lines += [f"  {detail}" for detail in self.memory_details.values()]
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        for row, registry, round_number, message in self.problems:
+            lines += ["", f"PROBLEM in {row} on {registry}, round {round_number}:", message]
+        lines.append(f"\nelapsed: {self.elapsed_seconds:.0f} s")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        settings = self.settings
+        out = [
+            "# Benchmarks: crpe and the CNCF distribution registry",
+            "",
+            "This page is written by `benchmarks/compare.py`; rerun it instead of editing the "
+            "numbers by hand.",
+            "",
+            f"- Command: `{self.command}`",
+            f"- Date: {self.date}",
+            f"- Run time: {self.elapsed_seconds / 60:.1f} minutes",
+            f"- Rounds: {settings.rounds}, each measuring every row for "
+            f"{' then '.join(self.registries)}",
+        ]
+        if settings.quick:
+            out.append("- Mode: `--quick` smoke run with reduced sizes and 3 s loads; the numbers "
+                       "are not comparable to a full run.")
+        out += ["", "## Results", "", f"Medians over {settings.rounds} rounds.", ""]
+        out += markdown_table(self.table_header(), self.table_rows())
+        out += [
+            "",
+            "For rows in seconds or MiB lower is better, so the ratio crpe/distribution must be "
+            "at most the target: 1.00 means crpe is at least as fast, 0.67 means 1.5 times as "
+            "fast, and memory may be at most 1.5 times distribution's.",
+            "",
+            "## Physical ceiling",
+            "",
+            *(f"- {line}" for line in self.ceiling_lines()),
+            "",
+            "## Memory",
+            "",
+            *(f"- {detail}" for detail in self.memory_details.values()),
+            "",
+            "## All rounds",
+            "",
+        ]
+        out += markdown_table(["row", "registry", "values per round"], self.round_rows())
+        out += ["", "## Machine", ""]
+        out += [f"- {name}: {value}" for name, value in self.machine.items()]
+        out += ["", "## Versions", ""]
+        out += [f"- {name}: {value}" for name, value in self.versions.items()]
+        out += ["", "## Method", "", *METHOD, ""]
+        if self.notes:
+            out += ["## Notes", "", *(f"- {note}" for note in self.notes), ""]
+        if self.problems:
+            out += ["## Problems", ""]
+            for row, registry, round_number, message in self.problems:
+                out += [f"{row} on {registry}, round {round_number}:", "", "```", message.strip(),
+                        "```", ""]
+            for registry, text in self.server_logs.items():
+                out += [f"Last lines of the {registry} server log:", "", "```", text.strip(), "```", ""]
+        return "\n".join(out)
+
+    def round_rows(self) -> list[list[str]]:
+        rows = []
+        units = {row.key: row.unit for row in build_rows(self.settings)}
+        for (row, registry), values in self.values.items():
+            unit = units.get(row, "MiB/s")
+            rows.append([row, registry, ", ".join(number_text(value, unit) for value in values)])
+        return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+METHOD = [
+    "- Both registries run on 127.0.0.1 at the same time, with filesystem storage in one "
+    "temporary directory on the same disk; the directory is removed after the run.",
+    "- crpe: `crpe serve --data-dir DIR --listen 127.0.0.1:PORT --domain crpe.test` with its "
+    "defaults, one new instance and the namespace `bench`. Pushes use the instance's public "
+    "host name and pulls its VPC host name, both sent to 127.0.0.1 (Host header, curl "
+    "`--connect-to`, and for skopeo a private mount namespace with its own /etc/hosts).",
+    "- distribution: `/usr/bin/docker-registry serve CONFIG`, where CONFIG is Debian's "
+    "/etc/docker/registry/config.yml with the storage directory and the listen address "
+    "changed and the `auth` section removed. The stock file points htpasswd at the directory "
+    "/etc/docker/registry, where no login can succeed, so distribution serves anonymous "
+    "requests while crpe checks a bearer token on every request.",
+    "- Images are OCI layouts written by `benchmarks/oci_layout.py`: random bytes in a tar, "
+    "wrapped in gzip stored blocks, so the layers cannot be compressed and skopeo copies them "
+    "unchanged (`--preserve-digests`).",
+    "- Manifest GET and HEAD: 32 connections, by tag, with "
+    "`Accept: application/vnd.oci.image.manifest.v1+json` and for crpe a bearer token from its "
+    "token endpoint; 1 s of warm-up, then the measured run. Any non-2xx response fails the row. "
+    "GET uses wrk with 1 thread. HEAD uses hey, because wrk 4.1.0 waits for a body after a "
+    "HEAD response with a Content-Length and completes no request.",
+    "- Blob GET: curl to /dev/null; MiB/s is bytes over curl's total time.",
+    "- Pushes and pulls: wall time of `skopeo copy` between an OCI layout and the registry, "
+    "each push to a new repository. Each skopeo run gets an empty blob-location cache, so it "
+    "uploads every blob instead of mounting it from an earlier repository. The concurrent row "
+    "is the wall time until all pushes have finished.",
+    "- Peak memory: the maximum, sampled every 0.2 s over the whole run, of the summed VmRSS of "
+    "the server process and all its descendants.",
+    "- The physical ceiling is nginx with sendfile serving the same blob file, fetched with "
+    "curl, and hashlib's SHA-256 over the blob size from memory.",
+]

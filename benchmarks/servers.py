@@ -1,0 +1,397 @@
+"""Start the servers under test on 127.0.0.1 and talk to them over plain HTTP.
+
+Every request goes to 127.0.0.1 with the registry host name in the Host header, so the
+`.test` host names of crpe never reach a DNS resolver.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STOCK_DISTRIBUTION_CONFIG = Path("/etc/docker/registry/config.yml")
+DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
+
+
+class BenchmarkError(RuntimeError):
+    """A step of the benchmark failed; the message carries the request and response."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+
+def http_request(port: int, method: str, path: str, host: str,
+                 headers: dict[str, str] | None = None, timeout: float = 30) -> Response:
+    """Send one request to 127.0.0.1:`port` with `host` in the Host header."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, headers={"Host": host, **(headers or {})})
+        response = connection.getresponse()
+        body = response.read()
+        return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+    finally:
+        connection.close()
+
+
+def describe_exchange(method: str, path: str, host: str, headers: dict[str, str],
+                      response: Response) -> str:
+    """Format a request and its response for an error report, with credentials masked."""
+    shown = {name: ("<redacted>" if name.lower() == "authorization" else value)
+             for name, value in headers.items()}
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in shown.items()]
+    lines += ["", f"-> HTTP {response.status}"]
+    lines += [f"{name}: {value}" for name, value in sorted(response.headers.items())]
+    lines += ["", response.body[:600].decode("utf-8", "replace")]
+    return "\n".join(lines)
+
+
+def wait_for_http(port: int, path: str, host: str, process: subprocess.Popen, log: Path,
+                  expected: tuple[int, ...] = (200,), timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    last_error = "no response"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchmarkError(f"server exited with code {process.returncode} during start-up; "
+                                 f"last lines of {log}:\n{tail(log)}")
+        try:
+            status = http_request(port, "GET", path, host, timeout=2).status
+            if status in expected:
+                return
+            last_error = f"HTTP {status}"
+        except OSError as error:
+            last_error = str(error)
+        time.sleep(0.1)
+    raise BenchmarkError(f"GET http://127.0.0.1:{port}{path} did not return {expected} within "
+                         f"{timeout:.0f} s (last: {last_error}); last lines of {log}:\n{tail(log)}")
+
+
+def tail(path: Path, limit: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def parse_challenge(value: str) -> tuple[str, dict[str, str]]:
+    """Split a WWW-Authenticate value such as `Bearer realm="...",service="..."`."""
+    scheme, _, rest = value.partition(" ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return scheme.lower(), params
+
+
+class MemorySampler:
+    """Sample the resident memory of a process and all its descendants.
+
+    The peak is the maximum over samples of the summed VmRSS. Pages that several processes
+    share (forked workers) count once per process, so this overstates a multi-process
+    server a little. The sum of VmHWM over processes that are still alive at the end is
+    kept as a second figure.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_rss_kib = 0
+        self.max_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def process_tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+        tree, pending = [], [self.pid]
+        while pending:
+            pid = pending.pop()
+            tree.append(pid)
+            pending.extend(children.get(pid, []))
+        return tree
+
+    @staticmethod
+    def status_kib(pid: int, field_name: str) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def sample(self) -> None:
+        tree = self.process_tree()
+        rss = sum(self.status_kib(pid, "VmRSS") for pid in tree)
+        self.peak_rss_kib = max(self.peak_rss_kib, rss)
+        self.max_processes = max(self.max_processes, len(tree))
+
+    def hwm_sum_kib(self) -> int:
+        return sum(self.status_kib(pid, "VmHWM") for pid in self.process_tree())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+
+@dataclass
+class Registry:
+    """A registry under test: where to connect, which host names to use and how to log in."""
+
+    name: str
+    root: Path
+    port: int = 0
+    push_host: str = ""
+    pull_host: str = ""
+    username: str = ""
+    password: str = ""
+    process: subprocess.Popen | None = None
+    sampler: MemorySampler | None = None
+    extra_hosts: list[str] = field(default_factory=list)
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+    def bearer_headers(self, repository: str, actions: str = "pull") -> dict[str, str]:
+        """Return the Authorization header for pulls from `repository`, if the registry needs one."""
+        return {}
+
+    def skopeo_creds(self) -> str | None:
+        return f"{self.username}:{self.password}" if self.username else None
+
+    def stop(self) -> None:
+        if self.sampler:
+            self.sampler.stop()
+        stop_process(self.process)
+
+
+class Distribution(Registry):
+    """Debian's CNCF distribution registry with its stock configuration."""
+
+    def start(self) -> Distribution:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.push_host = self.pull_host = f"127.0.0.1:{self.port}"
+        config = self.root / "config.yml"
+        config.write_text(json.dumps(self.configuration(), indent=2))
+        log = self.log.open("ab")
+        self.process = subprocess.Popen([DISTRIBUTION_BINARY, "serve", str(config)],
+                                        stdout=log, stderr=subprocess.STDOUT)
+        wait_for_http(self.port, "/v2/", self.pull_host, self.process, self.log)
+        self.sampler = MemorySampler(self.process.pid).start()
+        return self
+
+    def configuration(self) -> dict:
+        """Return the stock Debian configuration with storage and address moved into the test.
+
+        The stock file enables htpasswd authentication with `path: /etc/docker/registry`,
+        which is a directory, so no credential can pass; the `auth` section is therefore
+        dropped and distribution is measured anonymous. JSON output is valid YAML, which
+        the registry reads.
+        """
+        config = load_stock_distribution_config()
+        config.pop("auth", None)
+        config["storage"]["filesystem"]["rootdirectory"] = str(self.root / "data")
+        config.setdefault("http", {})["addr"] = f"127.0.0.1:{self.port}"
+        return config
+
+
+def load_stock_distribution_config() -> dict:
+    """Read /etc/docker/registry/config.yml, or fall back to the Debian 2.8.2+ds1-1 copy."""
+    try:
+        import yaml
+
+        return yaml.safe_load(STOCK_DISTRIBUTION_CONFIG.read_text())
+    except (ImportError, OSError):
+        return {
+            "version": 0.1,
+            "log": {"fields": {"service": "registry"}},
+            "storage": {
+                "cache": {"blobdescriptor": "inmemory"},
+                "filesystem": {"rootdirectory": "/var/lib/docker-registry"},
+                "delete": {"enabled": True},
+            },
+            "http": {"addr": ":5000", "headers": {"X-Content-Type-Options": ["nosniff"]}},
+            "auth": {"htpasswd": {"realm": "basic-realm", "path": "/etc/docker/registry"}},
+            "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
+        }
+
+
+@dataclass
+class Crpe(Registry):
+    """crpe on its embedded default storage with one new instance and namespace `bench`."""
+
+    crpe_binary: str = "crpe"
+    domain: str = "crpe.test"
+    namespace: str = "bench"
+    instance_id: str = ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "XDG_CONFIG_HOME": str(self.root / "config")}
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        command = [self.crpe_binary, *args]
+        result = subprocess.run(command, env=self.env, input=stdin, capture_output=True,
+                                text=True, timeout=60)
+        if result.returncode != 0:
+            raise BenchmarkError(f"`crpe {' '.join(args)}` exited with code {result.returncode}:\n"
+                                 f"{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def cli_json(self, *args: str, stdin: str | None = None) -> dict:
+        output = self.cli(*args, "--output", "json", stdin=stdin)
+        try:
+            return json.loads(output)
+        except json.JSONDecodeError as error:
+            raise BenchmarkError(f"`crpe {' '.join(args)} --output json` printed invalid JSON "
+                                 f"({error}):\n{output}") from None
+
+    def start(self) -> Crpe:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        log = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [self.crpe_binary, "serve", "--data-dir", str(self.root / "data"),
+             "--listen", f"127.0.0.1:{self.port}", "--domain", self.domain],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_http(self.port, "/healthz", f"127.0.0.1:{self.port}", self.process, self.log)
+        self.sampler = MemorySampler(self.process.pid).start()
+
+        created = self.cli_json("instance", "create", "--region", "cn-hangzhou")
+        self.instance_id = created["id"]
+        self.push_host = f"{created['endpoints']['public']}:{self.port}"
+        self.pull_host = f"{created['endpoints']['vpc']}:{self.port}"
+        self.extra_hosts = [created["endpoints"]["public"], created["endpoints"]["vpc"]]
+        self.cli("namespace", "create", "--instance", self.instance_id, self.namespace)
+        self.password = "Bench-" + os.urandom(12).hex()
+        login = self.cli_json("password", "set", "--instance", self.instance_id, stdin=self.password)
+        self.username = login["username"]
+        return self
+
+    def bearer_headers(self, repository: str, actions: str = "pull") -> dict[str, str]:
+        """Fetch a token from the realm named in the /v2/ challenge of the VPC host."""
+        probe = http_request(self.port, "GET", "/v2/", self.pull_host)
+        challenge = probe.header("www-authenticate")
+        scheme, params = parse_challenge(challenge)
+        if probe.status != 401 or scheme != "bearer" or "realm" not in params:
+            raise BenchmarkError("expected a Bearer challenge:\n"
+                                 + describe_exchange("GET", "/v2/", self.pull_host, {}, probe))
+
+        realm = params["realm"]
+        match = re.match(r"https?://([^/]+)(/.*)?$", realm)
+        if not match:
+            raise BenchmarkError(f"the token realm {realm!r} is not an http(s) URL")
+        realm_host, realm_path = match.group(1), match.group(2) or "/"
+        query = f"service={params.get('service', '')}&scope=repository:{repository}:{actions}"
+        path = f"{realm_path}?{query}"
+        basic = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        headers = {"Authorization": f"Basic {basic}"}
+        response = http_request(self.port, "GET", path, realm_host, headers)
+        if response.status != 200:
+            raise BenchmarkError("token request failed:\n"
+                                 + describe_exchange("GET", path, realm_host, headers, response))
+        document = json.loads(response.body)
+        token = document.get("token") or document.get("access_token")
+        if not token:
+            raise BenchmarkError("token response has no token:\n"
+                                 + describe_exchange("GET", path, realm_host, headers, response))
+        return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class Nginx:
+    """nginx with sendfile serving one directory, for the physical ceiling of blob GET."""
+
+    root: Path
+    document_root: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    def start(self) -> Nginx:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        config = self.root / "nginx.conf"
+        config.write_text(f"""
+user root;
+worker_processes auto;
+pid {self.root}/nginx.pid;
+error_log {self.root}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    types {{ }}
+    default_type application/octet-stream;
+    client_body_temp_path {self.root}/client_body;
+    proxy_temp_path {self.root}/proxy;
+    fastcgi_temp_path {self.root}/fastcgi;
+    uwsgi_temp_path {self.root}/uwsgi;
+    scgi_temp_path {self.root}/scgi;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {self.document_root};
+    }}
+}}
+""")
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        log = (self.root / "stderr.log").open("ab")
+        self.process = subprocess.Popen(
+            [binary, "-e", str(self.root / "error.log"), "-p", str(self.root), "-c", str(config),
+             "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT)
+        wait_for_http(self.port, "/", f"127.0.0.1:{self.port}", self.process, self.root / "error.log",
+                      expected=(200, 403, 404))
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.process)

@@ -1,0 +1,3 @@
+from crpe.cli import main
+
+main()

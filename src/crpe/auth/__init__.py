@@ -1,0 +1,1 @@
+"""Registry authentication: password hashing, JWT access and refresh tokens, scopes and permissions."""

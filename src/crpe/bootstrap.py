@@ -1,0 +1,41 @@
+"""First start of a data directory: schema, signing key, administrator account, access key, CLI profile."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from crpe.auth.passwords import hash_secret
+from crpe.auth.tokens import load_or_create_key
+from crpe.metadata.store import MetadataStore
+from crpe.profiles import Profile, save
+from crpe.services import signing_key_path
+from crpe.settings import Settings
+
+log = logging.getLogger("crpe.bootstrap")
+
+ADMIN_ACCOUNT = "admin"
+
+
+def new_access_key() -> tuple[str, str]:
+    return "CRPE" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+
+
+def prepare(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore.for_data_dir(settings.data_dir)
+    try:
+        store.create_schema()
+        load_or_create_key(signing_key_path(settings.data_dir))
+        if store.count_accounts() == 0:
+            account = store.create_account(ADMIN_ACCOUNT, is_admin=True)
+            key_id, secret = new_access_key()
+            store.create_access_key(key_id, hash_secret(secret), account.id)
+            host = settings.listen_host if settings.listen_host not in ("0.0.0.0", "::") else "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            path = save("default", Profile(f"http://{host}:{settings.listen_port}", key_id, secret,
+                                           settings.regions[0].id), make_default=True)
+            log.info("created administrator account and CLI profile",
+                     extra={"auth.user.name": ADMIN_ACCOUNT, "auth.key.id": key_id, "cli.profile": str(path)})
+    finally:
+        store.close()

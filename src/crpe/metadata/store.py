@@ -1,0 +1,517 @@
+"""Queries over the metadata database.
+
+Reads on SQLite run on the caller's thread (they take microseconds); every write is one transaction that
+begins IMMEDIATE on SQLite, so concurrent worker processes serialize instead of failing with SQLITE_BUSY.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+
+from crpe.metadata.schema import metadata
+
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_id(length: int = 16) -> str:
+    """Return a random lower-case alphanumeric id (16 characters carry about 82 bits)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def now() -> int:
+    return int(time.time())
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    name: str
+    is_admin: bool
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    id: str
+    secret_hash: str
+    account_id: str
+    sub_user_id: str | None
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    account_id: str
+    region: str
+    name: str
+    legacy: bool
+    namespace_quota: int
+    repository_quota: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Namespace:
+    instance_id: str
+    name: str
+    auto_create: bool
+    default_visibility: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Repository:
+    id: int
+    instance_id: str
+    namespace: str
+    name: str
+    visibility: str
+    summary: str
+    description: str
+    created_at: int
+
+    @property
+    def public(self) -> bool:
+        return self.visibility == "public"
+
+
+@dataclass(frozen=True)
+class LoginPassword:
+    instance_id: str
+    sub_user_id: str
+    password_hash: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    repository_id: int
+    region: str
+    size: int
+    hash_state: bytes | None
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    size: int
+    content: bytes
+    artifact_type: str | None = None
+    subject: str | None = None
+    annotations: str | None = None
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """A manifest to store, with what it references and the tag it is pushed under (if any)."""
+
+    manifest: Manifest
+    blob_digests: Sequence[str]
+    child_digests: Sequence[str]
+    tag: str | None
+
+
+class MetadataStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._reader = self._engine(immediate=False)
+        self._writer = self._engine(immediate=True)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> MetadataStore:
+        return cls(f"sqlite:///{data_dir / 'crpe.sqlite3'}")
+
+    def _engine(self, immediate: bool) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(self.url, pool_pre_ping=True)
+        engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def configure(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control from the sqlite3 module so BEGIN is ours to emit.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the client hears 201.
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    def create_schema(self) -> None:
+        metadata.create_all(self._writer)
+
+    def close(self) -> None:
+        self._reader.dispose()
+        self._writer.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._reader.connect() as connection:
+            yield connection
+            connection.rollback()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._writer.begin() as connection:
+            yield connection
+
+    def _one(self, sql: str, **params: Any) -> Any:
+        with self._read() as connection:
+            return connection.execute(text(sql), params).first()
+
+    def _all(self, sql: str, **params: Any) -> list[Any]:
+        with self._read() as connection:
+            return list(connection.execute(text(sql), params))
+
+    # Accounts, sub-users and access keys.
+
+    def create_account(self, name: str, is_admin: bool = False) -> Account:
+        account = Account(new_id(), name, is_admin, False)
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO accounts (id, name, is_admin, disabled, created_at) "
+                "VALUES (:id, :name, :is_admin, false, :now)"),
+                {"id": account.id, "name": name, "is_admin": is_admin, "now": now()})
+        return account
+
+    def get_account(self, account_id: str) -> Account | None:
+        row = self._one("SELECT id, name, is_admin, disabled FROM accounts WHERE id = :id", id=account_id)
+        return Account(row.id, row.name, bool(row.is_admin), bool(row.disabled)) if row else None
+
+    def get_account_by_name(self, name: str) -> Account | None:
+        row = self._one("SELECT id, name, is_admin, disabled FROM accounts WHERE name = :name", name=name)
+        return Account(row.id, row.name, bool(row.is_admin), bool(row.disabled)) if row else None
+
+    def count_accounts(self) -> int:
+        return int(self._one("SELECT count(*) AS n FROM accounts").n)
+
+    def create_access_key(self, key_id: str, secret_hash: str, account_id: str,
+                          sub_user_id: str | None = None) -> None:
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO access_keys (id, secret_hash, account_id, sub_user_id, created_at) "
+                "VALUES (:id, :secret_hash, :account_id, :sub_user_id, :now)"),
+                {"id": key_id, "secret_hash": secret_hash, "account_id": account_id,
+                 "sub_user_id": sub_user_id, "now": now()})
+
+    def get_access_key(self, key_id: str) -> AccessKey | None:
+        row = self._one("SELECT id, secret_hash, account_id, sub_user_id, revoked_at FROM access_keys "
+                        "WHERE id = :id", id=key_id)
+        if not row:
+            return None
+        return AccessKey(row.id, row.secret_hash, row.account_id, row.sub_user_id, row.revoked_at is not None)
+
+    # Instances.
+
+    def create_instance(self, account_id: str, region: str, name: str = "", legacy: bool = False,
+                        created_at: int | None = None) -> Instance:
+        instance_id = new_id()
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO instances (id, account_id, region, name, legacy, namespace_quota, "
+                "repository_quota, created_at) VALUES (:id, :account_id, :region, :name, :legacy, 3, 300, :at)"),
+                {"id": instance_id, "account_id": account_id, "region": region, "name": name,
+                 "legacy": legacy, "at": created_at or now()})
+        instance = self.get_instance(instance_id)
+        assert instance is not None
+        return instance
+
+    def get_instance(self, instance_id: str) -> Instance | None:
+        row = self._one("SELECT * FROM instances WHERE id = :id", id=instance_id)
+        return _instance(row) if row else None
+
+    def list_instances(self, account_id: str, region: str | None = None) -> list[Instance]:
+        if region:
+            rows = self._all("SELECT * FROM instances WHERE account_id = :account_id AND region = :region "
+                             "ORDER BY created_at, id", account_id=account_id, region=region)
+        else:
+            rows = self._all("SELECT * FROM instances WHERE account_id = :account_id ORDER BY created_at, id",
+                             account_id=account_id)
+        return [_instance(row) for row in rows]
+
+    def find_legacy_instance(self, region: str, namespace: str) -> Instance | None:
+        row = self._one("SELECT i.* FROM namespaces n JOIN instances i ON i.id = n.instance_id "
+                        "WHERE n.region = :region AND n.name = :namespace AND n.legacy",
+                        region=region, namespace=namespace)
+        return _instance(row) if row else None
+
+    # Login passwords.
+
+    def set_login_password(self, instance_id: str, sub_user_id: str, password_hash: str) -> LoginPassword:
+        with self._write() as connection:
+            row = connection.execute(text(
+                "SELECT generation FROM login_passwords WHERE instance_id = :i AND sub_user_id = :s"),
+                {"i": instance_id, "s": sub_user_id}).first()
+            generation = (row.generation + 1) if row else 1
+            if row:
+                connection.execute(text(
+                    "UPDATE login_passwords SET password_hash = :h, generation = :g, updated_at = :now "
+                    "WHERE instance_id = :i AND sub_user_id = :s"),
+                    {"h": password_hash, "g": generation, "now": now(), "i": instance_id, "s": sub_user_id})
+            else:
+                connection.execute(text(
+                    "INSERT INTO login_passwords (instance_id, sub_user_id, password_hash, generation, updated_at)"
+                    " VALUES (:i, :s, :h, :g, :now)"),
+                    {"h": password_hash, "g": generation, "now": now(), "i": instance_id, "s": sub_user_id})
+        return LoginPassword(instance_id, sub_user_id, password_hash, generation)
+
+    def get_login_password(self, instance_id: str, sub_user_id: str) -> LoginPassword | None:
+        row = self._one("SELECT * FROM login_passwords WHERE instance_id = :i AND sub_user_id = :s",
+                        i=instance_id, s=sub_user_id)
+        return LoginPassword(row.instance_id, row.sub_user_id, row.password_hash, row.generation) if row else None
+
+    # Namespaces.
+
+    def create_namespace(self, instance: Instance, name: str, auto_create: bool,
+                         default_visibility: str) -> Namespace:
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO namespaces (instance_id, name, region, legacy, auto_create, default_visibility, "
+                "created_at) VALUES (:i, :name, :region, :legacy, :auto, :visibility, :now)"),
+                {"i": instance.id, "name": name, "region": instance.region, "legacy": instance.legacy,
+                 "auto": auto_create, "visibility": default_visibility, "now": now()})
+        return Namespace(instance.id, name, auto_create, default_visibility, now())
+
+    def get_namespace(self, instance_id: str, name: str) -> Namespace | None:
+        row = self._one("SELECT * FROM namespaces WHERE instance_id = :i AND name = :name",
+                        i=instance_id, name=name)
+        return _namespace(row) if row else None
+
+    def list_namespaces(self, instance_id: str) -> list[Namespace]:
+        return [_namespace(row) for row in
+                self._all("SELECT * FROM namespaces WHERE instance_id = :i ORDER BY name", i=instance_id)]
+
+    def count_namespaces(self, instance_id: str) -> int:
+        return int(self._one("SELECT count(*) AS n FROM namespaces WHERE instance_id = :i", i=instance_id).n)
+
+    # Repositories.
+
+    def get_repository(self, instance_id: str, name: str) -> Repository | None:
+        row = self._one("SELECT * FROM repositories WHERE instance_id = :i AND name = :name",
+                        i=instance_id, name=name)
+        return _repository(row) if row else None
+
+    def create_repository(self, instance: Instance, namespace: Namespace, name: str) -> Repository | None:
+        """Create `name` unless the repository quota is reached (then return None); idempotent."""
+        with self._write() as connection:
+            existing = connection.execute(text(
+                "SELECT * FROM repositories WHERE instance_id = :i AND name = :name"),
+                {"i": instance.id, "name": name}).first()
+            if existing:
+                return _repository(existing)
+            count = connection.execute(text("SELECT count(*) AS n FROM repositories WHERE instance_id = :i"),
+                                       {"i": instance.id}).first().n
+            if count >= instance.repository_quota:
+                return None
+            connection.execute(text(
+                "INSERT INTO repositories (instance_id, namespace, name, visibility, summary, description, "
+                "created_at) VALUES (:i, :namespace, :name, :visibility, '', '', :now)"),
+                {"i": instance.id, "namespace": namespace.name, "name": name,
+                 "visibility": namespace.default_visibility, "now": now()})
+            row = connection.execute(text("SELECT * FROM repositories WHERE instance_id = :i AND name = :name"),
+                                     {"i": instance.id, "name": name}).first()
+        return _repository(row)
+
+    def list_repositories(self, instance_id: str, after: str = "", limit: int | None = None) -> list[Repository]:
+        sql = "SELECT * FROM repositories WHERE instance_id = :i AND name > :after ORDER BY name"
+        params: dict[str, Any] = {"i": instance_id, "after": after}
+        if limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = limit
+        return [_repository(row) for row in self._all(sql, **params)]
+
+    # Blobs.
+
+    def add_blob(self, region: str, digest: str, size: int, repository_id: int) -> None:
+        """Record a stored blob in its region and link it into a repository, in one transaction."""
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO blobs (region, digest, size, created_at) VALUES (:r, :d, :s, :now) "
+                "ON CONFLICT DO NOTHING"), {"r": region, "d": digest, "s": size, "now": now()})
+            connection.execute(text(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (:id, :d, :now) "
+                "ON CONFLICT DO NOTHING"), {"id": repository_id, "d": digest, "now": now()})
+
+    def linked_blob_size(self, repository_id: int, region: str, digest: str) -> int | None:
+        """Return the size of `digest` if the repository links it, else None."""
+        row = self._one("SELECT b.size FROM repository_blobs l JOIN blobs b ON b.digest = l.digest "
+                        "AND b.region = :r WHERE l.repository_id = :id AND l.digest = :d",
+                        id=repository_id, r=region, d=digest)
+        return int(row.size) if row else None
+
+    def link_blob(self, repository_id: int, digest: str) -> None:
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (:id, :d, :now) "
+                "ON CONFLICT DO NOTHING"), {"id": repository_id, "d": digest, "now": now()})
+
+    def unlink_blob(self, repository_id: int, digest: str) -> bool:
+        with self._write() as connection:
+            result = connection.execute(text(
+                "DELETE FROM repository_blobs WHERE repository_id = :id AND digest = :d"),
+                {"id": repository_id, "d": digest})
+        return result.rowcount > 0
+
+    def missing_blobs(self, repository_id: int, digests: Sequence[str]) -> list[str]:
+        if not digests:
+            return []
+        with self._read() as connection:
+            present = {row.digest for row in connection.execute(text(
+                "SELECT digest FROM repository_blobs WHERE repository_id = :id AND digest IN "
+                f"({', '.join(f':d{i}' for i in range(len(digests)))})"),
+                {"id": repository_id, **{f"d{i}": d for i, d in enumerate(digests)}})}
+        return [digest for digest in digests if digest not in present]
+
+    # Uploads.
+
+    def create_upload(self, repository_id: int, region: str) -> Upload:
+        upload = Upload(new_id(32), repository_id, region, 0, None, now())
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO uploads (id, repository_id, region, size, created_at, updated_at) "
+                "VALUES (:id, :repository_id, :region, 0, :now, :now)"),
+                {"id": upload.id, "repository_id": repository_id, "region": region, "now": upload.created_at})
+        return upload
+
+    def get_upload(self, upload_id: str, repository_id: int) -> Upload | None:
+        row = self._one("SELECT * FROM uploads WHERE id = :id AND repository_id = :r",
+                        id=upload_id, r=repository_id)
+        if not row:
+            return None
+        return Upload(row.id, row.repository_id, row.region, int(row.size), row.hash_state, row.created_at)
+
+    def advance_upload(self, upload_id: str, expected_size: int, size: int, hash_state: bytes) -> bool:
+        """Record that the upload grew from `expected_size` to `size`; False if another request moved it."""
+        with self._write() as connection:
+            result = connection.execute(text(
+                "UPDATE uploads SET size = :size, hash_state = :state, updated_at = :now "
+                "WHERE id = :id AND size = :expected"),
+                {"size": size, "state": hash_state, "now": now(), "id": upload_id, "expected": expected_size})
+        return result.rowcount == 1
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as connection:
+            connection.execute(text("DELETE FROM uploads WHERE id = :id"), {"id": upload_id})
+
+    # Manifests and tags.
+
+    def put_manifest(self, repository_id: int, record: ManifestRecord) -> None:
+        """Store a manifest, what it references and its tag atomically: readers see all or nothing."""
+        manifest = record.manifest
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, "
+                "size, content, created_at) VALUES (:r, :d, :mt, :at, :subject, :annotations, :size, :content, "
+                ":now) ON CONFLICT DO NOTHING"),
+                {"r": repository_id, "d": manifest.digest, "mt": manifest.media_type,
+                 "at": manifest.artifact_type, "subject": manifest.subject, "annotations": manifest.annotations,
+                 "size": manifest.size, "content": manifest.content, "now": now()})
+            references = [(d, "blob") for d in record.blob_digests] + [(d, "manifest") for d in record.child_digests]
+            for child, kind in references:
+                connection.execute(text(
+                    "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind) "
+                    "VALUES (:r, :m, :c, :k) ON CONFLICT DO NOTHING"),
+                    {"r": repository_id, "m": manifest.digest, "c": child, "k": kind})
+            if record.tag is not None:
+                connection.execute(text(
+                    "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (:r, :t, :d, :now) "
+                    "ON CONFLICT (repository_id, name) DO UPDATE SET digest = :d, updated_at = :now"),
+                    {"r": repository_id, "t": record.tag, "d": manifest.digest, "now": now()})
+
+    def get_manifest(self, repository_id: int, reference: str, by_digest: bool) -> Manifest | None:
+        if by_digest:
+            row = self._one("SELECT digest, media_type, size, content FROM manifests "
+                            "WHERE repository_id = :r AND digest = :d", r=repository_id, d=reference)
+        else:
+            row = self._one("SELECT m.digest, m.media_type, m.size, m.content FROM tags t JOIN manifests m "
+                            "ON m.repository_id = t.repository_id AND m.digest = t.digest "
+                            "WHERE t.repository_id = :r AND t.name = :t", r=repository_id, t=reference)
+        return Manifest(row.digest, row.media_type, int(row.size), bytes(row.content)) if row else None
+
+    def missing_manifests(self, repository_id: int, digests: Sequence[str]) -> list[str]:
+        missing = []
+        for digest in digests:
+            if not self._one("SELECT 1 AS present FROM manifests WHERE repository_id = :r AND digest = :d",
+                             r=repository_id, d=digest):
+                missing.append(digest)
+        return missing
+
+    def delete_manifest(self, repository_id: int, digest: str) -> bool:
+        """Delete a manifest and every tag that points to it."""
+        with self._write() as connection:
+            deleted = connection.execute(text(
+                "DELETE FROM manifests WHERE repository_id = :r AND digest = :d"),
+                {"r": repository_id, "d": digest}).rowcount
+            connection.execute(text("DELETE FROM tags WHERE repository_id = :r AND digest = :d"),
+                               {"r": repository_id, "d": digest})
+            connection.execute(text(
+                "DELETE FROM manifest_references WHERE repository_id = :r AND manifest_digest = :d"),
+                {"r": repository_id, "d": digest})
+        return deleted > 0
+
+    def delete_tag(self, repository_id: int, tag: str) -> bool:
+        with self._write() as connection:
+            result = connection.execute(text("DELETE FROM tags WHERE repository_id = :r AND name = :t"),
+                                        {"r": repository_id, "t": tag})
+        return result.rowcount > 0
+
+    def list_tags(self, repository_id: int, after: str, limit: int | None) -> list[str]:
+        sql = "SELECT name FROM tags WHERE repository_id = :r AND name > :after ORDER BY name"
+        params: dict[str, Any] = {"r": repository_id, "after": after}
+        if limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = limit
+        return [row.name for row in self._all(sql, **params)]
+
+    def list_referrers(self, repository_id: int, subject: str) -> list[Manifest]:
+        rows = self._all("SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
+                         "WHERE repository_id = :r AND subject = :s ORDER BY digest", r=repository_id, s=subject)
+        return [Manifest(row.digest, row.media_type, int(row.size), b"", row.artifact_type, subject,
+                         row.annotations) for row in rows]
+
+    # Audit log.
+
+    def audit(self, account_id: str | None, actor: str, action: str, resource: str, source_address: str,
+              detail: dict[str, Any] | None = None) -> None:
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO audit_log (at, account_id, actor, action, resource, source_address, detail) "
+                "VALUES (:at, :account_id, :actor, :action, :resource, :source, :detail)"),
+                {"at": now(), "account_id": account_id, "actor": actor, "action": action, "resource": resource,
+                 "source": source_address, "detail": json.dumps(detail or {})})
+
+
+def _instance(row: Any) -> Instance:
+    return Instance(row.id, row.account_id, row.region, row.name, bool(row.legacy), int(row.namespace_quota),
+                    int(row.repository_quota), int(row.created_at))
+
+
+def _namespace(row: Any) -> Namespace:
+    return Namespace(row.instance_id, row.name, bool(row.auto_create), row.default_visibility,
+                     int(row.created_at))
+
+
+def _repository(row: Any) -> Repository:
+    return Repository(int(row.id), row.instance_id, row.namespace, row.name, row.visibility, row.summary,
+                      row.description, int(row.created_at))

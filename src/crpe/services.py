@@ -1,0 +1,50 @@
+"""The long-lived parts of a running crpe process, built once by `Services.open`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crpe.auth.tokens import TokenService, load_or_create_key
+from crpe.metadata.store import Instance, MetadataStore
+from crpe.settings import Settings
+from crpe.storage import FilesystemBlobStore
+
+# Instances change rarely (create, delete); a worker re-reads one after this many seconds.
+INSTANCE_CACHE_SECONDS = 5.0
+
+
+def signing_key_path(data_dir: Path) -> Path:
+    return data_dir / "keys" / "token-signing-key.pem"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: MetadataStore
+    tokens: TokenService
+    blob_stores: dict[str, FilesystemBlobStore]
+    _instances: dict[str, tuple[float, Instance | None]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Services:
+        store = MetadataStore.for_data_dir(settings.data_dir)
+        tokens = TokenService(load_or_create_key(signing_key_path(settings.data_dir)),
+                              settings.token_ttl_seconds, settings.refresh_token_ttl_seconds)
+        blob_stores = {region.id: FilesystemBlobStore(settings.data_dir / "storage" / region.id)
+                       for region in settings.regions}
+        return cls(settings, store, tokens, blob_stores)
+
+    def instance(self, instance_id: str) -> Instance | None:
+        cached = self._instances.get(instance_id)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        instance = self.store.get_instance(instance_id)
+        if len(self._instances) > 10_000:
+            self._instances.clear()
+        self._instances[instance_id] = (time.monotonic() + INSTANCE_CACHE_SECONDS, instance)
+        return instance
+
+    def close(self) -> None:
+        self.store.close()

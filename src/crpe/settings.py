@@ -1,0 +1,172 @@
+"""Deployment settings: command-line flags and `CRPE_*` environment variables, validated once at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crpe.endpoints import REGION_ID_PATTERN
+
+# The cloud's region ids and display names; a deployment may serve any subset or its own list.
+DEFAULT_REGIONS: dict[str, str] = {
+    "cn-hangzhou": "China (Hangzhou)",
+    "cn-shanghai": "China (Shanghai)",
+    "cn-beijing": "China (Beijing)",
+    "cn-shenzhen": "China (Shenzhen)",
+    "cn-qingdao": "China (Qingdao)",
+    "cn-zhangjiakou": "China (Zhangjiakou)",
+    "cn-huhehaote": "China (Hohhot)",
+    "cn-chengdu": "China (Chengdu)",
+    "cn-hongkong": "China (Hong Kong)",
+    "ap-southeast-1": "Singapore",
+    "ap-southeast-3": "Malaysia (Kuala Lumpur)",
+    "ap-southeast-5": "Indonesia (Jakarta)",
+    "ap-northeast-1": "Japan (Tokyo)",
+    "ap-south-1": "India (Mumbai)",
+    "us-east-1": "US (Virginia)",
+    "us-west-1": "US (Silicon Valley)",
+    "eu-central-1": "Germany (Frankfurt)",
+    "eu-west-1": "UK (London)",
+    "me-east-1": "UAE (Dubai)",
+}
+
+# Loopback and the private address ranges (RFC 1918, RFC 4193).
+DEFAULT_VPC_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Region:
+    id: str
+    name: str
+    vpc_networks: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    domain: str = "localhost"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 5000
+    regions: tuple[Region, ...] = ()
+    workers: int = 0  # 0: one worker process per CPU core.
+    token_ttl_seconds: int = 300
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    public_endpoint_pull_allowed: bool = False
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)
+
+    def region(self, region_id: str) -> Region | None:
+        for region in self.regions:
+            if region.id == region_id:
+                return region
+        return None
+
+    @property
+    def region_ids(self) -> list[str]:
+        return [region.id for region in self.regions]
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "crpe.sqlite3"
+
+    def to_environment(self) -> dict[str, str]:
+        """Encode the settings for worker processes, which rebuild them with `from_environment`."""
+        return {
+            "CRPE_DATA_DIR": str(self.data_dir),
+            "CRPE_DOMAIN": self.domain,
+            "CRPE_LISTEN": f"{self.listen_host}:{self.listen_port}",
+            "CRPE_REGIONS": json.dumps([
+                {"id": r.id, "name": r.name, "vpc_networks": [str(n) for n in r.vpc_networks]}
+                for r in self.regions
+            ]),
+            "CRPE_WORKERS": str(self.workers),
+            "CRPE_TOKEN_TTL": str(self.token_ttl_seconds),
+            "CRPE_PUBLIC_ENDPOINT_PULL": "true" if self.public_endpoint_pull_allowed else "false",
+            "CRPE_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
+        }
+
+
+def parse_networks(value: str, setting: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as error:
+            raise SettingsError(f"{setting}: {item!r} is not a CIDR network ({error})") from None
+    return tuple(networks)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, separator, port = value.rpartition(":")
+    if not separator or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"listen address {value!r} must be HOST:PORT, for example 127.0.0.1:5000")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parse_regions(value: str, vpc_networks: tuple[IPNetwork, ...]) -> tuple[Region, ...]:
+    """Parse `CRPE_REGIONS`: a JSON list of {id, name, vpc_networks} or a comma-separated list of ids."""
+    value = value.strip()
+    if value.startswith("["):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"CRPE_REGIONS is not valid JSON: {error}") from None
+    else:
+        items = [{"id": region_id.strip()} for region_id in value.split(",") if region_id.strip()]
+    regions = []
+    for item in items:
+        region_id = str(item.get("id", ""))
+        if not REGION_ID_PATTERN.match(region_id):
+            raise SettingsError(f"region id {region_id!r} is invalid: use lower-case words joined by "
+                                "hyphens, such as cn-hangzhou")
+        networks = item.get("vpc_networks")
+        regions.append(Region(
+            region_id, str(item.get("name") or DEFAULT_REGIONS.get(region_id, region_id)),
+            parse_networks(",".join(networks), f"vpc_networks of {region_id}") if networks else vpc_networks,
+        ))
+    if not regions:
+        raise SettingsError("no regions configured: set CRPE_REGIONS, for example cn-hangzhou,cn-shanghai")
+    if len({region.id for region in regions}) != len(regions):
+        raise SettingsError("CRPE_REGIONS lists a region twice")
+    return tuple(regions)
+
+
+def from_environment(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build settings from `CRPE_*` variables; keyword overrides (command-line flags) win."""
+    env = dict(os.environ if environ is None else environ)
+    data_dir = overrides.get("data_dir") or env.get("CRPE_DATA_DIR") or "./crpe-data"
+    listen = str(overrides.get("listen") or env.get("CRPE_LISTEN") or "127.0.0.1:5000")
+    host, port = parse_listen(listen)
+    domain = str(overrides.get("domain") or env.get("CRPE_DOMAIN") or "localhost").lower().rstrip(".")
+    if not domain or " " in domain:
+        raise SettingsError(f"domain {domain!r} is invalid: give a DNS name such as registry.example.com")
+    vpc_networks = parse_networks(env.get("CRPE_VPC_NETWORKS", ",".join(DEFAULT_VPC_NETWORKS)),
+                                  "CRPE_VPC_NETWORKS")
+    regions = parse_regions(env.get("CRPE_REGIONS") or ",".join(DEFAULT_REGIONS), vpc_networks)
+    try:
+        workers = int(overrides.get("workers") or env.get("CRPE_WORKERS") or 0)
+        token_ttl = int(env.get("CRPE_TOKEN_TTL") or 300)
+    except ValueError as error:
+        raise SettingsError(f"CRPE_WORKERS and CRPE_TOKEN_TTL must be integers: {error}") from None
+    if workers < 0 or token_ttl < 10:
+        raise SettingsError("CRPE_WORKERS must be >= 0 and CRPE_TOKEN_TTL >= 10 seconds")
+    return Settings(
+        data_dir=Path(str(data_dir)).resolve(),
+        domain=domain,
+        listen_host=host,
+        listen_port=port,
+        regions=regions,
+        workers=workers,
+        token_ttl_seconds=token_ttl,
+        public_endpoint_pull_allowed=env.get("CRPE_PUBLIC_ENDPOINT_PULL", "false").lower() in ("1", "true", "yes"),
+        trusted_proxies=parse_networks(env.get("CRPE_TRUSTED_PROXIES", ""), "CRPE_TRUSTED_PROXIES"),
+    )
