@@ -10,7 +10,9 @@ The rules of the access policy table, for new (exclusive-endpoint) and legacy in
 | authenticated push                 | allowed     | allowed  | allowed        | allowed     |
 | Harbor replication client          | 403 DENIED  | 403      | allowed        | allowed     |
 
-A VPC host name is honoured only from the region's VPC networks. Per-repository permissions (what a token
+"Pull" covers GET and HEAD of manifests and blobs, tag lists and referrers, except that a HEAD from a caller
+who may push is part of the push protocol and is allowed. A VPC host name is honoured only from the region's
+VPC networks. Per-repository permissions (what a token
 grants) are checked separately, after this decision.
 """
 
@@ -45,6 +47,8 @@ class Request:
     from_vpc_network: bool
     repository_public: bool = False
     harbor_client: bool = False
+    existence_check: bool = False  # A HEAD request, which clients also send while pushing.
+    caller_may_push: bool = False  # The caller's token grants push on the repository.
     public_endpoint_pull_allowed: bool = False  # Deployment setting that relaxes the public-endpoint pull rule.
 
 
@@ -82,6 +86,10 @@ def decide(request: Request, public_host: str, vpc_host: str) -> Decision:
         return Decision(Outcome.CHALLENGE, "authentication required; log in with docker login and retry")
     if (request.action is Action.PULL and not request.legacy_instance and not request.vpc_endpoint
             and not request.public_endpoint_pull_allowed):
+        if request.existence_check and request.caller_may_push:
+            # Pushing clients HEAD blobs and manifests to skip what the repository already has; that reveals
+            # no content, so a caller who may push gets the answer on the public endpoint too.
+            return ALLOW
         return Decision(Outcome.DENY, f"pulling through the public endpoint {public_host} is not allowed for "
                                       f"this instance; pull through its VPC endpoint {vpc_host} instead")
     return ALLOW

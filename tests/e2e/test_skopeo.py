@@ -254,11 +254,14 @@ def test_zstd_streamed_push(server: CrpeServer, e2e_image: E2EImage, instance: I
     raw = skopeo_raw_manifest(sandbox, server, instance, instance.vpc, "team/debian-zstd:v1")
     assert sha256_digest(raw) == digest
     manifest = json.loads(raw)
-    assert manifest["mediaType"] == OCI_MANIFEST
     assert [layer["mediaType"] for layer in manifest["layers"]] == [OCI_LAYER_ZSTD] * 3
     assert manifest["config"]["digest"] == image.config_digest
 
     with RegistryHTTP(instance.vpc, server.port, instance.username, instance.password) as http:
+        response = http.get_manifest("team/debian-zstd", "v1")
+        assert response.status_code == 200, response.text
+        assert response.headers["Content-Type"] == OCI_MANIFEST
+        assert response.headers["Docker-Content-Digest"] == digest
         for layer in manifest["layers"]:
             blob = http.request("GET", f"/v2/team/debian-zstd/blobs/{layer['digest']}")
             assert blob.status_code == 200, blob.text[:200]

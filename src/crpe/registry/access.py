@@ -165,7 +165,7 @@ def login(services: Services, instance: Instance, username: str, password: str) 
 
 
 def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
-              repository: Repository | None) -> None:
+              repository: Repository | None, existence_check: bool = False) -> None:
     """Apply the endpoint rules, then the token's grants; raise 401 or 403 with a message saying what to do."""
     claims = call.claims
     basic = basic_principal(call, instance) if claims is None else None
@@ -182,6 +182,8 @@ def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
         from_vpc_network=call.from_vpc,
         repository_public=repository.public if repository else False,
         harbor_client=policy.is_harbor_client(call.request.headers.get("user-agent", "")),
+        existence_check=existence_check,
+        caller_may_push=claims is not None and claims.allows("repository", name, "push"),
         public_endpoint_pull_allowed=call.services.settings.public_endpoint_pull_allowed,
     ), call.public_host, call.vpc_host)
     scope = f"repository:{name}:{'pull,push' if action is policy.Action.PUSH else action.value}"
@@ -194,6 +196,8 @@ def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
     assert call.claims is not None
     if call.claims.instance_id and call.claims.instance_id != instance.id:
         raise Unauthorized("the token was issued for another instance", headers=call.challenge(scope))
+    if existence_check and call.claims.allows("repository", name, "push"):
+        return
     if not call.claims.allows("repository", name, action.value):
         raise Unauthorized(f"the token does not grant {action.value} on {name}; request a token with scope "
                            f"{scope}, or ask the instance owner for the permission",

@@ -22,7 +22,7 @@ async def get_blob(call: Call, name: str, digest: str, head: bool) -> Response:
     instance = resolve_instance(call, name)
     store = call.services.store
     repository = store.get_repository(instance.id, name)
-    authorize(call, instance, name, policy.Action.PULL, repository)
+    authorize(call, instance, name, policy.Action.PULL, repository, existence_check=head)
     size = store.linked_blob_size(repository.id, instance.region, digest) if repository else None
     if size is None:
         raise BlobUnknown(f"blob {digest} is not in repository {name}", detail={"digest": digest})

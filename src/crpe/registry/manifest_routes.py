@@ -36,7 +36,7 @@ async def get_manifest(call: Call, name: str, reference: str, head: bool) -> Res
     instance = resolve_instance(call, name)
     store = call.services.store
     repository = store.get_repository(instance.id, name)
-    authorize(call, instance, name, policy.Action.PULL, repository)
+    authorize(call, instance, name, policy.Action.PULL, repository, existence_check=head)
     manifest = store.get_manifest(repository.id, reference, by_digest) if repository else None
     if manifest is None:
         raise ManifestUnknown(f"manifest {reference} is not in repository {name}",
