@@ -184,7 +184,9 @@ class ClientSandbox:
         (self.root / "etc" / "nsswitch.conf").write_text(NSSWITCH_FILES_ONLY)
         self.policy.write_text(json.dumps(POLICY_ACCEPT_ANYTHING))
         self.registries_conf.write_text('unqualified-search-registries = []\nshort-name-mode = "enforcing"\n')
-        self.containers_conf.write_text('[engine]\nevents_logger = "none"\ncgroup_manager = "cgroupfs"\n')
+        self.containers_conf.write_text(f'[engine]\nevents_logger = "none"\ncgroup_manager = "cgroupfs"\n'
+                                        f'image_copy_tmp_dir = "{self.root / "tmp"}"\n')
+        self.auth_file.write_text('{"auths": {}}\n')
         self._write_hosts()
 
     @property

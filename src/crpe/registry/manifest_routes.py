@@ -14,25 +14,31 @@ from crpe.errors import (
 from crpe.metadata.store import Manifest, ManifestRecord
 from crpe.registry.access import Call, authorize, resolve_instance
 from crpe.registry.manifests import parse_manifest
-from crpe.registry.names import TAG_PATTERN, validate_repository, validate_tag
+from crpe.registry.names import TAG_PATTERN, validate_repository
 from crpe.registry.repositories import ensure_repository
 from crpe.registry.responses import API_VERSION_HEADER, EmptyResponse
 
 
-def _check_reference(reference: str) -> bool:
-    """Validate a tag or digest reference and tell whether it is a digest."""
+def _check_reference(reference: str, name: str, writing: bool = False) -> bool:
+    """Validate a tag or digest reference and tell whether it is a digest.
+
+    An invalid tag names no manifest, so reads and deletes answer 404 MANIFEST_UNKNOWN; a push answers 400.
+    """
     if is_digest(reference):
         parse_digest(reference)
         return True
     if not TAG_PATTERN.match(reference):
-        raise ManifestInvalid(f"reference {reference!r} is neither a valid tag nor a digest",
-                              detail={"reference": reference})
+        message = (f"reference {reference!r} is neither a valid tag nor a digest; tags are up to 128 letters, "
+                   "digits, '_', '.' or '-', not starting with '.' or '-'")
+        if writing:
+            raise ManifestInvalid(message, detail={"reference": reference})
+        raise ManifestUnknown(message, detail={"name": name, "reference": reference})
     return False
 
 
 async def get_manifest(call: Call, name: str, reference: str, head: bool) -> Response:
     validate_repository(name)
-    by_digest = _check_reference(reference)
+    by_digest = _check_reference(reference, name)
     instance = resolve_instance(call, name)
     store = call.services.store
     repository = store.get_repository(instance.id, name)
@@ -65,9 +71,7 @@ async def _read_body(call: Call) -> bytes:
 
 async def put_manifest(call: Call, name: str, reference: str) -> Response:
     validate_repository(name)
-    by_digest = _check_reference(reference)
-    if not by_digest:
-        validate_tag(reference)
+    by_digest = _check_reference(reference, name, writing=True)
     instance = resolve_instance(call, name)
     store = call.services.store
     authorize(call, instance, name, policy.Action.PUSH, store.get_repository(instance.id, name))
@@ -106,7 +110,7 @@ async def put_manifest(call: Call, name: str, reference: str) -> Response:
 async def delete_manifest(call: Call, name: str, reference: str) -> Response:
     """Delete a manifest by digest (with its tags), or only a tag, keeping the manifest."""
     validate_repository(name)
-    by_digest = _check_reference(reference)
+    by_digest = _check_reference(reference, name)
     instance = resolve_instance(call, name)
     store = call.services.store
     repository = store.get_repository(instance.id, name)
