@@ -18,13 +18,11 @@ Run as root from the repository root:
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import re
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,11 +33,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from oci_layout import OCI_MANIFEST, Image, write_image  # noqa: E402
-from servers import (  # noqa: E402
-    BenchmarkError, Crpe, Distribution, Nginx, Registry, describe_exchange, http_request, tail,
+from oci_layout import OCI_MANIFEST, Image, write_image
+from report import Report
+from servers import (
+    BenchmarkError,
+    Crpe,
+    Distribution,
+    Nginx,
+    Registry,
+    describe_exchange,
+    http_request,
+    tail,
 )
-from report import Report  # noqa: E402
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -61,9 +66,7 @@ REQUIRED_PACKAGES = {
 # tmpfs here, inside its own mount namespace.
 SKOPEO_CACHE_DIR = "/var/lib/containers/cache"
 SKOPEO_NAMESPACE_SCRIPT = (
-    'mount --bind "$0" /etc/hosts && '
-    f"mount -t tmpfs -o size=64m tmpfs {SKOPEO_CACHE_DIR} && "
-    'exec "$@"'
+    f'mount --bind "$0" /etc/hosts && mount -t tmpfs -o size=64m tmpfs {SKOPEO_CACHE_DIR} && exec "$@"'
 )
 
 
@@ -84,11 +87,11 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         if args.quick:
-            settings = cls(rounds=3, quick=True, blob_bytes=64 * MIB,
-                           concurrent_image_bytes=8 * MIB, wrk_seconds=3)
+            settings = cls(
+                rounds=3, quick=True, blob_bytes=64 * MIB, concurrent_image_bytes=8 * MIB, wrk_seconds=3
+            )
         else:
-            settings = cls(rounds=3, quick=False, blob_bytes=1024 * MIB,
-                           concurrent_image_bytes=128 * MIB)
+            settings = cls(rounds=3, quick=False, blob_bytes=1024 * MIB, concurrent_image_bytes=128 * MIB)
         if args.rounds is not None:
             settings.rounds = args.rounds
         return settings
@@ -110,18 +113,22 @@ def log(message: str) -> None:
 
 def find_command(name: str) -> str | None:
     return shutil.which(name) or next(
-        (path for path in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(path, os.X_OK)), None)
+        (path for path in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(path, os.X_OK)), None
+    )
 
 
 def wait_for_package_manager(timeout: float = 1200) -> None:
     """Wait until no apt-get or dpkg runs, so this script never starts a second one."""
     deadline = time.monotonic() + timeout
     announced = False
-    while any(subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
-              for name in ("apt-get", "dpkg")):
+    while any(
+        subprocess.run(["pgrep", "-x", name], capture_output=True, check=False).returncode == 0
+        for name in ("apt-get", "dpkg")
+    ):
         if time.monotonic() > deadline:
-            raise BenchmarkError(f"apt-get or dpkg still runs after {timeout:.0f} s; "
-                                 "rerun the benchmark when it has finished")
+            raise BenchmarkError(
+                f"apt-get or dpkg still runs after {timeout:.0f} s; rerun the benchmark when it has finished"
+            )
         if not announced:
             log("waiting for a running apt-get or dpkg to finish")
             announced = True
@@ -129,23 +136,23 @@ def wait_for_package_manager(timeout: float = 1200) -> None:
 
 
 def install_missing_tools() -> None:
-    missing = sorted({package for command, package in REQUIRED_PACKAGES.items()
-                      if not find_command(command)})
+    missing = sorted({package for command, package in REQUIRED_PACKAGES.items() if not find_command(command)})
     if not missing:
         return
     wait_for_package_manager()
-    missing = sorted({package for command, package in REQUIRED_PACKAGES.items()
-                      if not find_command(command)})
+    missing = sorted({package for command, package in REQUIRED_PACKAGES.items() if not find_command(command)})
     if not missing:
         return
     if os.geteuid() != 0:
-        raise BenchmarkError(f"missing Debian packages {' '.join(missing)}; install them as root "
-                             f"with: apt-get install -y {' '.join(missing)}")
+        raise BenchmarkError(
+            f"missing Debian packages {' '.join(missing)}; install them as root "
+            f"with: apt-get install -y {' '.join(missing)}"
+        )
 
     log(f"installing {' '.join(missing)} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-    if subprocess.run(install, env=env).returncode != 0:
+    if subprocess.run(install, env=env, check=False).returncode != 0:
         wait_for_package_manager()
         subprocess.run(["apt-get", "update"], env=env, check=True)
         wait_for_package_manager()
@@ -163,18 +170,22 @@ def find_crpe(requested: str | None) -> str:
     if on_path:
         return on_path
     if not (REPOSITORY_ROOT / "src" / "crpe" / "cli.py").exists():
-        raise BenchmarkError("crpe is not installed and src/crpe/cli.py does not exist yet; "
-                             "pass --registry distribution to measure distribution alone")
+        raise BenchmarkError(
+            "crpe is not installed and src/crpe/cli.py does not exist yet; "
+            "pass --registry distribution to measure distribution alone"
+        )
     log(f"installing crpe into {REPOSITORY_ROOT / '.venv'}")
     subprocess.run([sys.executable, "-m", "venv", str(REPOSITORY_ROOT / ".venv")], check=True)
-    subprocess.run([str(REPOSITORY_ROOT / ".venv" / "bin" / "pip"), "install", "--quiet", "-e",
-                    str(REPOSITORY_ROOT)], check=True)
+    subprocess.run(
+        [str(REPOSITORY_ROOT / ".venv" / "bin" / "pip"), "install", "--quiet", "-e", str(REPOSITORY_ROOT)],
+        check=True,
+    )
     return str(venv_crpe)
 
 
 def command_output(command: list[str]) -> str:
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"unknown ({error})"
     text = (result.stdout + result.stderr).strip()
@@ -182,28 +193,43 @@ def command_output(command: list[str]) -> str:
 
 
 def crpe_version(crpe_binary: str) -> str:
+    """Describe the crpe under test: package version, source directory and git commit."""
     python = Path(crpe_binary).parent / "python"
-    version = command_output([str(python), "-c",
-                              "import importlib.metadata as m; print(m.version('crpe'))"])
-    commit = command_output(["git", "-C", str(REPOSITORY_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(REPOSITORY_ROOT), "status", "--porcelain", "src"],
-                           capture_output=True, text=True).stdout.strip()
-    return f"{version} (git {commit}{', with uncommitted changes in src/' if dirty else ''})"
+    if not python.exists():
+        return f"unknown (executable {crpe_binary})"
+    found = command_output(
+        [str(python), "-c", "import crpe, importlib.metadata as m; print(m.version('crpe'), crpe.__file__)"]
+    )
+    version, _, module_file = found.partition(" ")
+    source = Path(module_file).resolve().parent if module_file else None
+    description = f"{version} from {source}"
+    if source and source.is_relative_to(REPOSITORY_ROOT):
+        commit = command_output(["git", "-C", str(REPOSITORY_ROOT), "rev-parse", "--short", "HEAD"])
+        changed = subprocess.run(
+            ["git", "-C", str(REPOSITORY_ROOT), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        description += f", git {commit}" + (" with uncommitted changes in src/" if changed else "")
+    return description
 
 
 def collect_versions(crpe_binary: str | None) -> dict[str, str]:
     versions = {}
     if crpe_binary:
         versions["crpe"] = crpe_version(crpe_binary)
-    versions.update({
-        "distribution": command_output(["/usr/bin/docker-registry", "--version"]),
-        "skopeo": command_output(["skopeo", "--version"]),
-        "wrk": command_output(["wrk", "-v"]),
-        "curl": command_output(["curl", "--version"]),
-        "nginx": command_output([find_command("nginx") or "nginx", "-v"]),
-        "Python": platform.python_version(),
-        "kernel": platform.release(),
-    })
+    versions.update(
+        {
+            "distribution": command_output(["/usr/bin/docker-registry", "--version"]),
+            "skopeo": command_output(["skopeo", "--version"]),
+            "wrk": command_output(["wrk", "-v"]),
+            "curl": command_output(["curl", "--version"]),
+            "nginx": command_output([find_command("nginx") or "nginx", "-v"]),
+            "Python": platform.python_version(),
+            "kernel": platform.release(),
+        }
+    )
     return versions
 
 
@@ -213,17 +239,26 @@ def describe_machine() -> dict[str, str]:
         if line.startswith("model name"):
             cpu_model = line.split(":", 1)[1].strip()
             break
-    memory_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal:"))
-    return {"cores": str(os.cpu_count()), "memory": f"{memory_kib / MIB:.1f} GiB",
-            "CPU model": cpu_model}
+    memory_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    return {"cores": str(os.cpu_count()), "memory": f"{memory_kib / MIB:.1f} GiB", "CPU model": cpu_model}
 
 
 # Clients
 
 
-def skopeo_copy(source: str, destination: str, hosts_file: Path, *, source_creds: str | None = None,
-                destination_creds: str | None = None, timeout: float = 900) -> float:
+def skopeo_copy(
+    source: str,
+    destination: str,
+    hosts_file: Path,
+    *,
+    source_creds: str | None = None,
+    destination_creds: str | None = None,
+    timeout: float = 900,
+) -> float:
     """Run `skopeo copy` in a private mount namespace and return its wall time in seconds.
 
     The namespace maps the registry host names to 127.0.0.1 through `hosts_file` and hides
@@ -234,48 +269,77 @@ def skopeo_copy(source: str, destination: str, hosts_file: Path, *, source_creds
         options += ["--src-creds", source_creds] if source_creds else ["--src-no-creds"]
     if destination.startswith("docker://"):
         options += ["--dest-creds", destination_creds] if destination_creds else ["--dest-no-creds"]
-    command = ["unshare", "-m", "--propagation", "private", "sh", "-c", SKOPEO_NAMESPACE_SCRIPT,
-               str(hosts_file), "skopeo", "copy", *options, source, destination]
+    command = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        SKOPEO_NAMESPACE_SCRIPT,
+        str(hosts_file),
+        "skopeo",
+        "copy",
+        *options,
+        source,
+        destination,
+    ]
 
     started = time.perf_counter()
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise BenchmarkError(f"skopeo copy {source} {destination} timed out after {timeout:.0f} s") from None
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        shown = " ".join(shlex.quote(re.sub(r"^([^:]+):.*$", r"\1:<redacted>", part)
-                                     if part in (source_creds, destination_creds) else part)
-                         for part in command[7:])
-        raise BenchmarkError(f"`{shown}` exited with code {result.returncode}:\n"
-                             f"{(result.stdout + result.stderr).strip()[-2000:]}")
+        secrets = {source_creds, destination_creds} - {None}
+        skopeo_arguments = [
+            re.sub(r":.*", ":<redacted>", part) if part in secrets else part
+            for part in command[command.index("skopeo") :]
+        ]
+        raise BenchmarkError(
+            f"`{shlex.join(skopeo_arguments)}` exited with code {result.returncode}:\n"
+            f"{(result.stdout + result.stderr).strip()[-2000:]}"
+        )
     return elapsed
 
 
 def curl_download(url: str, port: int, headers: dict[str, str], expected_bytes: int) -> float:
     """Download `url` through 127.0.0.1:`port` to /dev/null and return MiB/s."""
-    command = ["curl", "-sS", "-o", "/dev/null", "--connect-to", f"::127.0.0.1:{port}",
-               "-w", "%{http_code} %{size_download} %{time_total}", url]
+    command = [
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "--connect-to",
+        f"::127.0.0.1:{port}",
+        "-w",
+        "%{http_code} %{size_download} %{time_total}",
+        url,
+    ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         raise BenchmarkError(f"curl GET {url} exited with code {result.returncode}: {result.stderr.strip()}")
     status, size, seconds = result.stdout.split()
     if status != "200" or int(size) != expected_bytes:
-        raise BenchmarkError(f"curl GET {url} returned HTTP {status} with {size} bytes, "
-                             f"expected HTTP 200 with {expected_bytes} bytes")
+        raise BenchmarkError(
+            f"curl GET {url} returned HTTP {status} with {size} bytes, "
+            f"expected HTTP 200 with {expected_bytes} bytes"
+        )
     return int(size) / float(seconds) / MIB
 
 
-def run_wrk(settings: Settings, port: int, path: str, headers: dict[str, str],
-            seconds: int) -> tuple[float, int, str]:
+def run_wrk(
+    settings: Settings, port: int, path: str, headers: dict[str, str], seconds: int
+) -> tuple[float, int, str]:
     """Run wrk against 127.0.0.1:`port`; return requests/s, the non-2xx count and the summary."""
     command = ["wrk", f"-t{settings.wrk_threads}", f"-c{settings.wrk_connections}", f"-d{seconds}s"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     command.append(f"http://127.0.0.1:{port}{path}")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     output = result.stdout + result.stderr
     rate = re.search(r"Requests/sec:\s*([\d.]+)", output)
     if result.returncode != 0 or not rate:
@@ -286,25 +350,34 @@ def run_wrk(settings: Settings, port: int, path: str, headers: dict[str, str],
     return float(rate.group(1)), int(non_2xx.group(1)) if non_2xx else 0, summary
 
 
-def run_hey(settings: Settings, port: int, method: str, path: str, headers: dict[str, str],
-            seconds: int) -> tuple[float, int, str]:
+def run_hey(
+    settings: Settings, port: int, method: str, path: str, headers: dict[str, str], seconds: int
+) -> tuple[float, int, str]:
     """Run hey against 127.0.0.1:`port`; return requests/s, the non-2xx count and the summary.
 
-    wrk 4.1.0 from Debian 12 waits for a body after a HEAD response that carries a
-    Content-Length, so it completes no request at all; hey handles HEAD correctly.
+    HEAD needs hey because wrk 4.1.0 (Debian 12) waits for a body after a HEAD response
+    with a Content-Length and so completes no request.
     """
-    command = ["hey", "-z", f"{seconds}s", "-c", str(settings.wrk_connections), "-m", method,
-               "-disable-redirects"]
+    command = [
+        "hey",
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(settings.wrk_connections),
+        "-m",
+        method,
+        "-disable-redirects",
+    ]
     for name, value in headers.items():
         command += ["-host", value] if name.lower() == "host" else ["-H", f"{name}: {value}"]
     command.append(f"http://127.0.0.1:{port}{path}")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     output = result.stdout + result.stderr
     rate = re.search(r"Requests/sec:\s*([\d.]+)", output)
     if result.returncode != 0 or not rate:
         raise BenchmarkError(f"hey exited with code {result.returncode}:\n{output.strip()}")
     statuses = {int(code): int(count) for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", output)}
-    errors = re.search(r"Error distribution:(.*)", output, re.S)
+    errors = re.search(r"Error distribution:(.*)", output, re.DOTALL)
     non_2xx = sum(count for code, count in statuses.items() if not 200 <= code < 300)
     summary = f"{float(rate.group(1)):.0f} req/s, status codes {statuses}"
     if errors:
@@ -333,8 +406,15 @@ def sha256_throughput(total_bytes: int) -> float:
 class Benchmark:
     """The rows of the comparison and the state they share across rounds."""
 
-    def __init__(self, settings: Settings, registries: list[Registry], images: Images, work: Path,
-                 hosts_file: Path, report: Report) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registries: list[Registry],
+        images: Images,
+        work: Path,
+        hosts_file: Path,
+        report: Report,
+    ) -> None:
         self.settings = settings
         self.registries = registries
         self.images = images
@@ -354,7 +434,7 @@ class Benchmark:
         self.report.add_value(row, registry.name, value)
         log(f"  {value:.2f}")
 
-    def run_round(self, round_number: int, nginx: Nginx | None) -> None:
+    def run_round(self, round_number: int, nginx: Nginx) -> None:
         rows = [
             ("push", self.push_big_image),
             ("pull", self.pull_big_image),
@@ -367,25 +447,45 @@ class Benchmark:
         for row, action in rows:
             for registry in self.registries:
                 self.measure(row, registry, round_number, action)
-            if row == "blob_get" and nginx:
-                self.measure_ceiling(round_number, nginx)
+            if row == "push":
+                self.measure_push_ceiling(round_number)
+            if row == "blob_get":
+                self.measure_blob_ceiling(round_number, nginx)
 
-    def measure_ceiling(self, round_number: int, nginx: Nginx) -> None:
-        log(f"round {round_number}: nginx sendfile and SHA-256 ceiling")
+    def measure_blob_ceiling(self, round_number: int, nginx: Nginx) -> None:
+        log(f"round {round_number}: nginx sendfile ceiling")
         blob = self.images.big.layers[0]
         url = f"http://127.0.0.1:{nginx.port}/{blob.digest.removeprefix('sha256:')}"
         try:
-            self.report.add_value("ceiling_nginx", "machine",
-                                  curl_download(url, nginx.port, {}, blob.size))
+            self.report.add_value("ceiling_nginx", "machine", curl_download(url, nginx.port, {}, blob.size))
         except BenchmarkError as error:
             self.report.add_problem("ceiling_nginx", "machine", round_number, str(error))
+
+    def measure_push_ceiling(self, round_number: int) -> None:
+        """Measure hashlib's SHA-256 rate and skopeo copying the large image between two local layouts."""
+        log(f"round {round_number}: SHA-256 and local skopeo copy ceiling")
         self.report.add_value("ceiling_sha256", "machine", sha256_throughput(self.settings.blob_bytes))
+        destination = self.work / f"local-copy-{round_number}"
+        try:
+            seconds = skopeo_copy(
+                self.images.big.reference, f"oci:{destination}:{self.images.big.tag}", self.hosts_file
+            )
+            self.report.add_value("ceiling_skopeo", "machine", seconds)
+        except BenchmarkError as error:
+            self.report.add_problem("ceiling_skopeo", "machine", round_number, str(error))
+        finally:
+            shutil.rmtree(destination, ignore_errors=True)
 
     def push(self, registry: Registry, image: Image, repository: str, timeout: float = 900) -> float:
         self.check_repository_is_fresh(registry, image, repository)
         destination = f"docker://{registry.push_host}/{repository}:{image.tag}"
-        return skopeo_copy(image.reference, destination, self.hosts_file,
-                           destination_creds=registry.skopeo_creds(), timeout=timeout)
+        return skopeo_copy(
+            image.reference,
+            destination,
+            self.hosts_file,
+            destination_creds=registry.skopeo_creds(),
+            timeout=timeout,
+        )
 
     def check_repository_is_fresh(self, registry: Registry, image: Image, repository: str) -> None:
         """Record a problem if the first layer is already readable in the new repository.
@@ -400,8 +500,10 @@ class Benchmark:
         except (BenchmarkError, OSError):
             return
         if response.status == 200:
-            self.report.add_note(f"{registry.name}: HEAD {path} returned 200 before the first push "
-                                 "to this repository, so skopeo may have skipped the upload.")
+            self.report.add_note(
+                f"{registry.name}: HEAD {path} returned 200 before the first push "
+                "to this repository, so skopeo may have skipped the upload."
+            )
 
     def push_big_image(self, registry: Registry, round_number: int) -> float:
         repository = f"bench/push-r{round_number}"
@@ -419,9 +521,12 @@ class Benchmark:
         repository = self.repository_for_pulls(registry)
         destination = self.work / f"pull-{registry.name}-{round_number}"
         try:
-            return skopeo_copy(f"docker://{registry.pull_host}/{repository}:{self.images.big.tag}",
-                               f"oci:{destination}:{self.images.big.tag}", self.hosts_file,
-                               source_creds=registry.skopeo_creds())
+            return skopeo_copy(
+                f"docker://{registry.pull_host}/{repository}:{self.images.big.tag}",
+                f"oci:{destination}:{self.images.big.tag}",
+                self.hosts_file,
+                source_creds=registry.skopeo_creds(),
+            )
         finally:
             shutil.rmtree(destination, ignore_errors=True)
 
@@ -438,16 +543,16 @@ class Benchmark:
         """
         repository = self.repository_for_pulls(registry)
         path = f"/v2/{repository}/manifests/{self.images.big.tag}"
-        headers = {"Host": registry.pull_host, "Accept": OCI_MANIFEST,
-                   **registry.bearer_headers(repository)}
+        headers = {"Host": registry.pull_host, "Accept": OCI_MANIFEST, **registry.bearer_headers(repository)}
         request_headers = {name: value for name, value in headers.items() if name != "Host"}
 
         response = http_request(registry.port, method, path, registry.pull_host, request_headers)
         digest = response.header("docker-content-digest")
         if response.status != 200 or (digest and digest != self.images.big.manifest.digest):
-            raise BenchmarkError(f"manifest {method} did not return the pushed manifest:\n"
-                                 + describe_exchange(method, path, registry.pull_host,
-                                                     request_headers, response))
+            raise BenchmarkError(
+                f"manifest {method} did not return the pushed manifest:\n"
+                + describe_exchange(method, path, registry.pull_host, request_headers, response)
+            )
 
         def load(seconds: int) -> tuple[float, int, str]:
             if method == "HEAD":
@@ -458,10 +563,11 @@ class Benchmark:
         rate, non_2xx, summary = load(self.settings.wrk_seconds)
         if non_2xx:
             after = http_request(registry.port, method, path, registry.pull_host, request_headers)
-            raise BenchmarkError(f"{non_2xx} of the responses under load were not 2xx ({summary}); "
-                                 "a request after the load:\n"
-                                 + describe_exchange(method, path, registry.pull_host,
-                                                     request_headers, after))
+            raise BenchmarkError(
+                f"{non_2xx} of the responses under load were not 2xx ({summary}); "
+                "a request after the load:\n"
+                + describe_exchange(method, path, registry.pull_host, request_headers, after)
+            )
         return rate
 
     def get_manifests(self, registry: Registry, round_number: int) -> float:
@@ -477,8 +583,10 @@ class Benchmark:
         images = self.images.concurrent
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(images)) as pool:
-            futures = [pool.submit(self.push, registry, image, f"bench/concurrent-r{round_number}-{index}")
-                       for index, image in enumerate(images)]
+            futures = [
+                pool.submit(self.push, registry, image, f"bench/concurrent-r{round_number}-{index}")
+                for index, image in enumerate(images)
+            ]
             errors = [future.exception() for future in futures]
         failures = [str(error) for error in errors if error]
         if failures:
@@ -492,10 +600,11 @@ class Benchmark:
 def generate_images(settings: Settings, work: Path) -> Images:
     log(f"generating images in {work}")
     big = write_image(work / "images" / "big", [settings.blob_bytes])
-    layered = write_image(work / "images" / "layered",
-                          [settings.small_layer_bytes] * settings.small_layers)
-    concurrent = [write_image(work / "images" / f"concurrent-{index}", [settings.concurrent_image_bytes])
-                  for index in range(settings.concurrent_pushes)]
+    layered = write_image(work / "images" / "layered", [settings.small_layer_bytes] * settings.small_layers)
+    concurrent = [
+        write_image(work / "images" / f"concurrent-{index}", [settings.concurrent_image_bytes])
+        for index in range(settings.concurrent_pushes)
+    ]
     return Images(big, layered, concurrent)
 
 
@@ -508,23 +617,41 @@ def write_hosts_file(path: Path, registries: list[Registry]) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 64 MiB blob, 8 MiB concurrent images, 3 s loads")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 64 MiB blob, 8 MiB concurrent images, 3 s loads"
+    )
     parser.add_argument("--rounds", type=int, help="rounds per row and registry (default 3)")
-    parser.add_argument("--registry", choices=("both", "crpe", "distribution"), default="both",
-                        help="registries to measure (default both)")
-    parser.add_argument("--crpe", metavar="PATH",
-                        help="crpe executable (default .venv/bin/crpe, installed there if missing)")
-    parser.add_argument("--workdir", metavar="DIR", type=Path,
-                        help="parent of the temporary directory for images and storage "
-                             "(default: the system temporary directory)")
-    parser.add_argument("--keep-workdir", action="store_true",
-                        help="keep the temporary directory, with server logs, after the run")
-    parser.add_argument("--output", metavar="FILE", type=Path,
-                        default=REPOSITORY_ROOT / "docs" / "benchmarks.md",
-                        help="Markdown report to write (default docs/benchmarks.md)")
+    parser.add_argument(
+        "--registry",
+        choices=("both", "crpe", "distribution"),
+        default="both",
+        help="registries to measure (default both)",
+    )
+    parser.add_argument(
+        "--crpe", metavar="PATH", help="crpe executable (default .venv/bin/crpe, installed there if missing)"
+    )
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        type=Path,
+        help="parent of the temporary directory for images and storage "
+        "(default: the system temporary directory)",
+    )
+    parser.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the temporary directory, with server logs, after the run",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        type=Path,
+        default=REPOSITORY_ROOT / "docs" / "benchmarks.md",
+        help="Markdown report to write (default docs/benchmarks.md)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the report only")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
@@ -532,8 +659,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def start_registries(args: argparse.Namespace, work: Path, crpe_binary: str | None,
-                     report: Report) -> list[Registry]:
+def start_registries(
+    args: argparse.Namespace, work: Path, crpe_binary: str | None, report: Report
+) -> list[Registry]:
     """Start the requested registries; one that fails to start is reported and left out."""
     candidates: list[Registry] = []
     if args.registry in ("both", "crpe"):
@@ -564,8 +692,12 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="crpe-bench-", dir=args.workdir))
     registries: list[Registry] = []
     nginx: Nginx | None = None
-    report = Report(settings=settings, command="python3 " + shlex.join(["benchmarks/compare.py", *argv]),
-                    machine=describe_machine(), versions=collect_versions(crpe_binary))
+    report = Report(
+        settings=settings,
+        command="python3 " + shlex.join(["benchmarks/compare.py", *argv]),
+        machine=describe_machine(),
+        versions=collect_versions(crpe_binary),
+    )
     try:
         images = generate_images(settings, work)
         registries = start_registries(args, work, crpe_binary, report)
@@ -579,8 +711,7 @@ def main(argv: list[str]) -> int:
 
         for registry in registries:
             registry.sampler.sample()
-            report.add_memory(registry.name, registry.sampler.peak_rss_kib,
-                              registry.sampler.hwm_sum_kib(), registry.sampler.max_processes)
+            report.add_memory(registry.name, registry.sampler)
     except BenchmarkError as error:
         report.add_problem("setup", "-", 0, str(error))
     finally:

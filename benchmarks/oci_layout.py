@@ -127,25 +127,39 @@ def write_image(layout: Path, layer_sizes: list[int], tag: str = "latest") -> Im
         layers.append(blob)
         diff_ids.append(diff_id)
 
-    config = _write_blob_bytes(layout, json.dumps({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }, separators=(",", ":")).encode())
-    manifest = _write_blob_bytes(layout, json.dumps({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config.descriptor(OCI_CONFIG),
-        "layers": [layer.descriptor(OCI_LAYER_GZIP) for layer in layers],
-    }, separators=(",", ":")).encode())
+    config = _write_blob_bytes(
+        layout,
+        json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            },
+            separators=(",", ":"),
+        ).encode(),
+    )
+    manifest = _write_blob_bytes(
+        layout,
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": config.descriptor(OCI_CONFIG),
+                "layers": [layer.descriptor(OCI_LAYER_GZIP) for layer in layers],
+            },
+            separators=(",", ":"),
+        ).encode(),
+    )
 
     index = {
         "schemaVersion": 2,
-        "manifests": [{
-            **manifest.descriptor(OCI_MANIFEST),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
+        "manifests": [
+            {
+                **manifest.descriptor(OCI_MANIFEST),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
     }
     (layout / "index.json").write_text(json.dumps(index))
     return Image(layout, tag, manifest, config, tuple(layers))

@@ -14,9 +14,9 @@ MIB = 1 << 20
 class Row:
     """One row of the comparison and its target for the ratio crpe/distribution.
 
-    For rows where higher is better the ratio must be at least `target`; for the others
-    (seconds, MiB of memory) it must be at most `target`. A time target of 0.67 is the
-    issue's "1.5x as fast".
+    For rows where higher is better the ratio must be at least `target`. For the others
+    (seconds, MiB of memory) it must be at most `target`, so a time target of 0.67 means
+    that crpe must be 1.5 times as fast.
     """
 
     key: str
@@ -44,8 +44,13 @@ def build_rows(settings: Any) -> list[Row]:
         Row("push", f"skopeo push, {big} single layer", "s", False, 1.0),
         Row("pull", f"skopeo pull, {big} single layer", "s", False, 1.0),
         Row("push_layers", f"skopeo push, {settings.small_layers} layers of {small}", "s", False, 1 / 1.5),
-        Row("push_concurrent", f"{settings.concurrent_pushes} concurrent pushes of {concurrent}",
-            "s", False, 1.0),
+        Row(
+            "push_concurrent",
+            f"{settings.concurrent_pushes} concurrent pushes of {concurrent}",
+            "s",
+            False,
+            1.0,
+        ),
         Row("memory", "peak resident memory of the server", "MiB", False, 1.5),
     ]
 
@@ -84,8 +89,9 @@ class Report:
     memory_details: dict[str, str] = field(default_factory=dict)
     server_logs: dict[str, str] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
-    date: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
-                      .strftime("%Y-%m-%d %H:%M UTC"))
+    date: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    )
 
     # Collection
 
@@ -99,11 +105,15 @@ class Report:
         if note not in self.notes:
             self.notes.append(note)
 
-    def add_memory(self, registry: str, peak_rss_kib: int, hwm_sum_kib: int, max_processes: int) -> None:
-        self.add_value("memory", registry, peak_rss_kib / 1024)
+    def add_memory(self, registry: str, sampler: Any) -> None:
+        """Record the peak memory of a registry from its `servers.MemorySampler`."""
+        self.add_value("memory", registry, sampler.peak_rss_kib / 1024)
         self.memory_details[registry] = (
-            f"{registry}: peak of the summed VmRSS {peak_rss_kib / 1024:.1f} MiB over up to "
-            f"{max_processes} processes; sum of VmHWM at the end {hwm_sum_kib / 1024:.1f} MiB")
+            f"{registry}: peak summed VmRSS {sampler.peak_rss_kib / 1024:.1f} MiB, "
+            f"peak summed PSS {sampler.peak_pss_kib / 1024:.1f} MiB, "
+            f"sum of VmHWM at the end {sampler.hwm_sum_kib() / 1024:.1f} MiB, "
+            f"up to {sampler.max_processes} processes"
+        )
 
     def has_problems(self, registry: str) -> bool:
         return any(problem[1] == registry for problem in self.problems)
@@ -125,10 +135,13 @@ class Report:
         rows = []
         for row in build_rows(self.settings):
             ratio = self.ratio(row.key)
-            result = "-" if ratio is None else ("pass" if row.passes(ratio) else "FAIL")
             cells = [row.label, row.unit]
             cells += [number_text(self.median(row.key, name), row.unit) for name in self.registries]
-            cells += ["-" if ratio is None else f"{ratio:.2f}", row.target_text(), result]
+            if ratio is None:
+                cells += ["-", row.target_text(), "-"]
+            else:
+                result = "pass" if row.passes(ratio) else "FAIL"
+                cells += [f"{ratio:.2f}", row.target_text(), result]
             rows.append(cells)
         return rows
 
@@ -139,10 +152,15 @@ class Report:
         """Return the physical ceiling and each registry's share of it, one sentence per line."""
         nginx = self.median("ceiling_nginx", "machine")
         sha256 = self.median("ceiling_sha256", "machine")
+        local_copy = self.median("ceiling_skopeo", "machine")
         blob_mib = self.settings.blob_bytes / MIB
         lines = [
-            f"nginx 1.22 with sendfile, same blob file, curl to /dev/null: {number_text(nginx)} MiB/s",
+            f"nginx with sendfile serving the same blob file, curl to /dev/null: {number_text(nginx)} MiB/s",
             f"hashlib SHA-256, one thread, in memory: {number_text(sha256)} MiB/s",
+            (
+                f"skopeo copy of the {size_text(self.settings.blob_bytes)} image between two local OCI layouts: "
+                f"{number_text(local_copy, 's')} s"
+            ),
         ]
         for name in self.registries:
             blob_get = self.median("blob_get", name)
@@ -150,13 +168,16 @@ class Report:
                 share = blob_get / nginx
                 verdict = ""
                 if name == "crpe":
-                    verdict = (f" (target >= {BLOB_GET_SHARE_TARGET:.0%}: "
-                               f"{'pass' if share >= BLOB_GET_SHARE_TARGET else 'FAIL'})")
+                    passed = "pass" if share >= BLOB_GET_SHARE_TARGET else "FAIL"
+                    verdict = f" (target >= {BLOB_GET_SHARE_TARGET:.0%}: {passed})"
                 lines.append(f"{name} blob GET: {share:.0%} of nginx{verdict}")
             push = self.median("push", name)
             if push and sha256:
                 rate = blob_mib / push
-                lines.append(f"{name} push: {rate:,.1f} MiB/s, {rate / sha256:.0%} of SHA-256")
+                line = f"{name} push: {rate:,.1f} MiB/s, {rate / sha256:.0%} of SHA-256"
+                if local_copy:
+                    line += f", {local_copy / push:.0%} of the local skopeo copy rate"
+                lines.append(line)
         return lines
 
     # Output
@@ -165,8 +186,11 @@ class Report:
         header = self.table_header()
         rows = [header, *self.table_rows()]
         widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-        lines = ["", f"Medians over {self.settings.rounds} rounds"
-                 + (" (quick smoke run, reduced sizes)" if self.settings.quick else "")]
+        lines = [
+            "",
+            f"Medians over {self.settings.rounds} rounds"
+            + (" (quick smoke run, reduced sizes)" if self.settings.quick else ""),
+        ]
         for row in rows:
             lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         lines += ["", "Physical ceiling", *(f"  {line}" for line in self.ceiling_lines())]
@@ -179,29 +203,49 @@ class Report:
         return "\n".join(lines)
 
     def markdown(self) -> str:
+        sections = [
+            self.markdown_header(),
+            self.markdown_results(),
+            ["## Machine", "", *(f"- {name}: {value}" for name, value in self.machine.items()), ""],
+            ["## Versions", "", *(f"- {name}: {value}" for name, value in self.versions.items()), ""],
+            ["## Method", "", *METHOD, ""],
+            self.markdown_problems(),
+        ]
+        return "\n".join(line for section in sections for line in section)
+
+    def markdown_header(self) -> list[str]:
         settings = self.settings
-        out = [
+        lines = [
             "# Benchmarks: crpe and the CNCF distribution registry",
             "",
-            "This page is written by `benchmarks/compare.py`; rerun it instead of editing the "
-            "numbers by hand.",
+            (
+                "This page is written by `benchmarks/compare.py`; rerun it instead of editing the "
+                "numbers by hand."
+            ),
             "",
             f"- Command: `{self.command}`",
             f"- Date: {self.date}",
             f"- Run time: {self.elapsed_seconds / 60:.1f} minutes",
-            f"- Rounds: {settings.rounds}, each measuring every row for "
-            f"{' then '.join(self.registries)}",
+            (f"- Rounds: {settings.rounds}, each measuring every row for {' then '.join(self.registries)}"),
         ]
         if settings.quick:
-            out.append("- Mode: `--quick` smoke run with reduced sizes and 3 s loads; the numbers "
-                       "are not comparable to a full run.")
-        out += ["", "## Results", "", f"Medians over {settings.rounds} rounds.", ""]
-        out += markdown_table(self.table_header(), self.table_rows())
-        out += [
+            lines.append(
+                "- Mode: `--quick` smoke run with reduced sizes and 3 s loads; the numbers "
+                "are not comparable to a full run."
+            )
+        lines.append("")
+        return lines
+
+    def markdown_results(self) -> list[str]:
+        lines = ["## Results", "", f"Medians over {self.settings.rounds} rounds.", ""]
+        lines += markdown_table(self.table_header(), self.table_rows())
+        lines += [
             "",
-            "For rows in seconds or MiB lower is better, so the ratio crpe/distribution must be "
-            "at most the target: 1.00 means crpe is at least as fast, 0.67 means 1.5 times as "
-            "fast, and memory may be at most 1.5 times distribution's.",
+            (
+                "For rows in seconds or MiB lower is better, so the ratio crpe/distribution must be "
+                "at most the target: 1.00 means crpe is at least as fast, 0.67 means 1.5 times as "
+                "fast, and memory may be at most 1.5 times distribution's."
+            ),
             "",
             "## Physical ceiling",
             "",
@@ -214,26 +258,28 @@ class Report:
             "## All rounds",
             "",
         ]
-        out += markdown_table(["row", "registry", "values per round"], self.round_rows())
-        out += ["", "## Machine", ""]
-        out += [f"- {name}: {value}" for name, value in self.machine.items()]
-        out += ["", "## Versions", ""]
-        out += [f"- {name}: {value}" for name, value in self.versions.items()]
-        out += ["", "## Method", "", *METHOD, ""]
+        lines += markdown_table(["row", "registry", "values per round"], self.round_rows())
+        lines.append("")
+        return lines
+
+    def markdown_problems(self) -> list[str]:
+        lines = []
         if self.notes:
-            out += ["## Notes", "", *(f"- {note}" for note in self.notes), ""]
-        if self.problems:
-            out += ["## Problems", ""]
-            for row, registry, round_number, message in self.problems:
-                out += [f"{row} on {registry}, round {round_number}:", "", "```", message.strip(),
-                        "```", ""]
-            for registry, text in self.server_logs.items():
-                out += [f"Last lines of the {registry} server log:", "", "```", text.strip(), "```", ""]
-        return "\n".join(out)
+            lines += ["## Notes", "", *(f"- {note}" for note in self.notes), ""]
+        if not self.problems:
+            return lines
+
+        lines += ["## Problems", ""]
+        for row, registry, round_number, message in self.problems:
+            lines += [f"{row} on {registry}, round {round_number}:", "", "```", message.strip(), "```", ""]
+        for registry, text in self.server_logs.items():
+            lines += [f"Last lines of the {registry} server log:", "", "```", text.strip(), "```", ""]
+        return lines
 
     def round_rows(self) -> list[list[str]]:
         rows = []
         units = {row.key: row.unit for row in build_rows(self.settings)}
+        units["ceiling_skopeo"] = "s"
         for (row, registry), values in self.values.items():
             unit = units.get(row, "MiB/s")
             rows.append([row, registry, ", ".join(number_text(value, unit) for value in values)])
@@ -247,32 +293,49 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 METHOD = [
-    "- Both registries run on 127.0.0.1 at the same time, with filesystem storage in one "
-    "temporary directory on the same disk; the directory is removed after the run.",
-    "- crpe: `crpe serve --data-dir DIR --listen 127.0.0.1:PORT --domain crpe.test` with its "
-    "defaults, one new instance and the namespace `bench`. Pushes use the instance's public "
-    "host name and pulls its VPC host name, both sent to 127.0.0.1 (Host header, curl "
-    "`--connect-to`, and for skopeo a private mount namespace with its own /etc/hosts).",
-    "- distribution: `/usr/bin/docker-registry serve CONFIG`, where CONFIG is Debian's "
-    "/etc/docker/registry/config.yml with the storage directory and the listen address "
-    "changed and the `auth` section removed. The stock file points htpasswd at the directory "
-    "/etc/docker/registry, where no login can succeed, so distribution serves anonymous "
-    "requests while crpe checks a bearer token on every request.",
-    "- Images are OCI layouts written by `benchmarks/oci_layout.py`: random bytes in a tar, "
-    "wrapped in gzip stored blocks, so the layers cannot be compressed and skopeo copies them "
-    "unchanged (`--preserve-digests`).",
-    "- Manifest GET and HEAD: 32 connections, by tag, with "
-    "`Accept: application/vnd.oci.image.manifest.v1+json` and for crpe a bearer token from its "
-    "token endpoint; 1 s of warm-up, then the measured run. Any non-2xx response fails the row. "
-    "GET uses wrk with 1 thread. HEAD uses hey, because wrk 4.1.0 waits for a body after a "
-    "HEAD response with a Content-Length and completes no request.",
+    (
+        "- Both registries run on 127.0.0.1 at the same time, with filesystem storage in one "
+        "temporary directory on the same disk; the directory is removed after the run."
+    ),
+    (
+        "- crpe: `crpe serve --data-dir DIR --listen 127.0.0.1:PORT --domain crpe.test` with its "
+        "defaults, one new instance and the namespace `bench`. Pushes use the instance's public "
+        "host name and pulls its VPC host name, both sent to 127.0.0.1 (Host header, curl "
+        "`--connect-to`, and for skopeo a private mount namespace with its own /etc/hosts)."
+    ),
+    (
+        "- distribution: `/usr/bin/docker-registry serve CONFIG`, where CONFIG is Debian's "
+        "/etc/docker/registry/config.yml with the storage directory and the listen address "
+        "changed and the `auth` section removed. The stock file points htpasswd at the directory "
+        "/etc/docker/registry, where no login can succeed, so distribution serves anonymous "
+        "requests while crpe checks a bearer token on every request."
+    ),
+    (
+        "- Images are OCI layouts written by `benchmarks/oci_layout.py`: random bytes in a tar, "
+        "wrapped in gzip stored blocks, so the layers cannot be compressed and skopeo copies them "
+        "unchanged (`--preserve-digests`)."
+    ),
+    (
+        "- Manifest GET and HEAD: 32 connections, by tag, with "
+        "`Accept: application/vnd.oci.image.manifest.v1+json` and for crpe a bearer token from its "
+        "token endpoint; 1 s of warm-up, then the measured run. Any non-2xx response fails the row. "
+        "GET uses wrk with 1 thread. HEAD uses hey, because wrk 4.1.0 waits for a body after a "
+        "HEAD response with a Content-Length and completes no request."
+    ),
     "- Blob GET: curl to /dev/null; MiB/s is bytes over curl's total time.",
-    "- Pushes and pulls: wall time of `skopeo copy` between an OCI layout and the registry, "
-    "each push to a new repository. Each skopeo run gets an empty blob-location cache, so it "
-    "uploads every blob instead of mounting it from an earlier repository. The concurrent row "
-    "is the wall time until all pushes have finished.",
-    "- Peak memory: the maximum, sampled every 0.2 s over the whole run, of the summed VmRSS of "
-    "the server process and all its descendants.",
-    "- The physical ceiling is nginx with sendfile serving the same blob file, fetched with "
-    "curl, and hashlib's SHA-256 over the blob size from memory.",
+    (
+        "- Pushes and pulls: wall time of `skopeo copy` between an OCI layout and the registry, "
+        "each push to a new repository. Each skopeo run gets an empty blob-location cache, so it "
+        "uploads every blob instead of mounting it from an earlier repository. The concurrent row "
+        "is the wall time until all pushes have finished."
+    ),
+    (
+        "- Peak memory: the maximum, sampled every 0.2 s over the whole run, of the summed VmRSS of "
+        "the server process and all its descendants."
+    ),
+    (
+        "- The physical ceiling is nginx with sendfile serving the same blob file, fetched with "
+        "curl, hashlib's SHA-256 over the blob size from memory, and skopeo copying the large "
+        "image between two local OCI layouts, which bounds the push and pull rows from the client side."
+    ),
 ]

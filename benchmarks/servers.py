@@ -43,8 +43,9 @@ class Response:
         return self.headers.get(name.lower(), "")
 
 
-def http_request(port: int, method: str, path: str, host: str,
-                 headers: dict[str, str] | None = None, timeout: float = 30) -> Response:
+def http_request(
+    port: int, method: str, path: str, host: str, headers: dict[str, str] | None = None, timeout: float = 30
+) -> Response:
     """Send one request to 127.0.0.1:`port` with `host` in the Host header."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -56,11 +57,11 @@ def http_request(port: int, method: str, path: str, host: str,
         connection.close()
 
 
-def describe_exchange(method: str, path: str, host: str, headers: dict[str, str],
-                      response: Response) -> str:
+def describe_exchange(method: str, path: str, host: str, headers: dict[str, str], response: Response) -> str:
     """Format a request and its response for an error report, with credentials masked."""
-    shown = {name: ("<redacted>" if name.lower() == "authorization" else value)
-             for name, value in headers.items()}
+    shown = {
+        name: ("<redacted>" if name.lower() == "authorization" else value) for name, value in headers.items()
+    }
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     lines += [f"{name}: {value}" for name, value in shown.items()]
     lines += ["", f"-> HTTP {response.status}"]
@@ -69,14 +70,23 @@ def describe_exchange(method: str, path: str, host: str, headers: dict[str, str]
     return "\n".join(lines)
 
 
-def wait_for_http(port: int, path: str, host: str, process: subprocess.Popen, log: Path,
-                  expected: tuple[int, ...] = (200,), timeout: float = 30) -> None:
+def wait_for_http(
+    port: int,
+    path: str,
+    host: str,
+    process: subprocess.Popen,
+    log: Path,
+    expected: tuple[int, ...] = (200,),
+    timeout: float = 30,
+) -> None:
     deadline = time.monotonic() + timeout
     last_error = "no response"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise BenchmarkError(f"server exited with code {process.returncode} during start-up; "
-                                 f"last lines of {log}:\n{tail(log)}")
+            raise BenchmarkError(
+                f"server exited with code {process.returncode} during start-up; "
+                f"last lines of {log}:\n{tail(log)}"
+            )
         try:
             status = http_request(port, "GET", path, host, timeout=2).status
             if status in expected:
@@ -85,8 +95,10 @@ def wait_for_http(port: int, path: str, host: str, process: subprocess.Popen, lo
         except OSError as error:
             last_error = str(error)
         time.sleep(0.1)
-    raise BenchmarkError(f"GET http://127.0.0.1:{port}{path} did not return {expected} within "
-                         f"{timeout:.0f} s (last: {last_error}); last lines of {log}:\n{tail(log)}")
+    raise BenchmarkError(
+        f"GET http://127.0.0.1:{port}{path} did not return {expected} within "
+        f"{timeout:.0f} s (last: {last_error}); last lines of {log}:\n{tail(log)}"
+    )
 
 
 def tail(path: Path, limit: int = 3000) -> str:
@@ -117,17 +129,22 @@ def parse_challenge(value: str) -> tuple[str, dict[str, str]]:
 class MemorySampler:
     """Sample the resident memory of a process and all its descendants.
 
-    The peak is the maximum over samples of the summed VmRSS. Pages that several processes
-    share (forked workers) count once per process, so this overstates a multi-process
-    server a little. The sum of VmHWM over processes that are still alive at the end is
-    kept as a second figure.
+    The gated figure is the maximum over samples of the summed VmRSS. Pages that several
+    processes share count once per process, so the peak summed PSS (shared pages split
+    between their users) is kept too, and so is the sum of VmHWM over the processes alive
+    at the end, an upper bound because each process reaches its own peak at its own time.
     """
+
+    TREE_REFRESH_SAMPLES = 5
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.pid = pid
         self.interval = interval
         self.peak_rss_kib = 0
+        self.peak_pss_kib = 0
         self.max_processes = 0
+        self._tree: list[int] = []
+        self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -158,9 +175,10 @@ class MemorySampler:
         return tree
 
     @staticmethod
-    def status_kib(pid: int, field_name: str) -> int:
+    def read_kib(path: str, field_name: str) -> int:
+        """Return a `Name: N kB` field of a /proc file, or 0 once the process has exited."""
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            for line in Path(path).read_text().splitlines():
                 if line.startswith(field_name + ":"):
                     return int(line.split()[1])
         except OSError:
@@ -168,13 +186,18 @@ class MemorySampler:
         return 0
 
     def sample(self) -> None:
-        tree = self.process_tree()
-        rss = sum(self.status_kib(pid, "VmRSS") for pid in tree)
+        """Add one sample; the process tree is rescanned every few samples because it rarely changes."""
+        if self._samples % self.TREE_REFRESH_SAMPLES == 0:
+            self._tree = self.process_tree()
+        self._samples += 1
+        rss = sum(self.read_kib(f"/proc/{pid}/status", "VmRSS") for pid in self._tree)
+        pss = sum(self.read_kib(f"/proc/{pid}/smaps_rollup", "Pss") for pid in self._tree)
         self.peak_rss_kib = max(self.peak_rss_kib, rss)
-        self.max_processes = max(self.max_processes, len(tree))
+        self.peak_pss_kib = max(self.peak_pss_kib, pss)
+        self.max_processes = max(self.max_processes, len(self._tree))
 
     def hwm_sum_kib(self) -> int:
-        return sum(self.status_kib(pid, "VmHWM") for pid in self.process_tree())
+        return sum(self.read_kib(f"/proc/{pid}/status", "VmHWM") for pid in self.process_tree())
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -224,8 +247,9 @@ class Distribution(Registry):
         config = self.root / "config.yml"
         config.write_text(json.dumps(self.configuration(), indent=2))
         log = self.log.open("ab")
-        self.process = subprocess.Popen([DISTRIBUTION_BINARY, "serve", str(config)],
-                                        stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [DISTRIBUTION_BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
         wait_for_http(self.port, "/v2/", self.pull_host, self.process, self.log)
         self.sampler = MemorySampler(self.process.pid).start()
         return self
@@ -281,11 +305,14 @@ class Crpe(Registry):
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
         command = [self.crpe_binary, *args]
-        result = subprocess.run(command, env=self.env, input=stdin, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            command, env=self.env, input=stdin, capture_output=True, text=True, timeout=60, check=False
+        )
         if result.returncode != 0:
-            raise BenchmarkError(f"`crpe {' '.join(args)}` exited with code {result.returncode}:\n"
-                                 f"{result.stdout}{result.stderr}")
+            raise BenchmarkError(
+                f"`crpe {' '.join(args)}` exited with code {result.returncode}:\n"
+                f"{result.stdout}{result.stderr}"
+            )
         return result.stdout
 
     def cli_json(self, *args: str, stdin: str | None = None) -> dict:
@@ -293,17 +320,29 @@ class Crpe(Registry):
         try:
             return json.loads(output)
         except json.JSONDecodeError as error:
-            raise BenchmarkError(f"`crpe {' '.join(args)} --output json` printed invalid JSON "
-                                 f"({error}):\n{output}") from None
+            raise BenchmarkError(
+                f"`crpe {' '.join(args)} --output json` printed invalid JSON ({error}):\n{output}"
+            ) from None
 
     def start(self) -> Crpe:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            [self.crpe_binary, "serve", "--data-dir", str(self.root / "data"),
-             "--listen", f"127.0.0.1:{self.port}", "--domain", self.domain],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                self.crpe_binary,
+                "serve",
+                "--data-dir",
+                str(self.root / "data"),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--domain",
+                self.domain,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for_http(self.port, "/healthz", f"127.0.0.1:{self.port}", self.process, self.log)
         self.sampler = MemorySampler(self.process.pid).start()
 
@@ -324,8 +363,9 @@ class Crpe(Registry):
         challenge = probe.header("www-authenticate")
         scheme, params = parse_challenge(challenge)
         if probe.status != 401 or scheme != "bearer" or "realm" not in params:
-            raise BenchmarkError("expected a Bearer challenge:\n"
-                                 + describe_exchange("GET", "/v2/", self.pull_host, {}, probe))
+            raise BenchmarkError(
+                "expected a Bearer challenge:\n" + describe_exchange("GET", "/v2/", self.pull_host, {}, probe)
+            )
 
         realm = params["realm"]
         match = re.match(r"https?://([^/]+)(/.*)?$", realm)
@@ -338,13 +378,16 @@ class Crpe(Registry):
         headers = {"Authorization": f"Basic {basic}"}
         response = http_request(self.port, "GET", path, realm_host, headers)
         if response.status != 200:
-            raise BenchmarkError("token request failed:\n"
-                                 + describe_exchange("GET", path, realm_host, headers, response))
+            raise BenchmarkError(
+                "token request failed:\n" + describe_exchange("GET", path, realm_host, headers, response)
+            )
         document = json.loads(response.body)
         token = document.get("token") or document.get("access_token")
         if not token:
-            raise BenchmarkError("token response has no token:\n"
-                                 + describe_exchange("GET", path, realm_host, headers, response))
+            raise BenchmarkError(
+                "token response has no token:\n"
+                + describe_exchange("GET", path, realm_host, headers, response)
+            )
         return {"Authorization": f"Bearer {token}"}
 
 
@@ -387,10 +430,28 @@ http {{
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         log = (self.root / "stderr.log").open("ab")
         self.process = subprocess.Popen(
-            [binary, "-e", str(self.root / "error.log"), "-p", str(self.root), "-c", str(config),
-             "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT)
-        wait_for_http(self.port, "/", f"127.0.0.1:{self.port}", self.process, self.root / "error.log",
-                      expected=(200, 403, 404))
+            [
+                binary,
+                "-e",
+                str(self.root / "error.log"),
+                "-p",
+                str(self.root),
+                "-c",
+                str(config),
+                "-g",
+                "daemon off;",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_http(
+            self.port,
+            "/",
+            f"127.0.0.1:{self.port}",
+            self.process,
+            self.root / "error.log",
+            expected=(200, 403, 404),
+        )
         return self
 
     def stop(self) -> None:

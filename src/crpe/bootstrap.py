@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import secrets
 
-from crpe.auth.passwords import hash_secret
+from crpe.auth.passwords import hash_secret, new_access_key
 from crpe.auth.tokens import load_or_create_key
 from crpe.metadata.store import MetadataStore
 from crpe.profiles import Profile, save
@@ -15,10 +14,6 @@ from crpe.settings import Settings
 log = logging.getLogger("crpe.bootstrap")
 
 ADMIN_ACCOUNT = "admin"
-
-
-def new_access_key() -> tuple[str, str]:
-    return "CRPE" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
 
 
 def prepare(settings: Settings) -> None:

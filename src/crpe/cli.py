@@ -26,6 +26,19 @@ app.add_typer(region_app, name="region")
 app.add_typer(instance_app, name="instance")
 app.add_typer(namespace_app, name="namespace")
 app.add_typer(password_app, name="password")
+account_app = typer.Typer(help="Accounts (tenants); creating and disabling them needs the administrator.",
+                          no_args_is_help=True)
+sub_user_app = typer.Typer(help="Sub-users of your account and their permission policies.", no_args_is_help=True)
+access_key_app = typer.Typer(help="Access keys for the control plane and this CLI.", no_args_is_help=True)
+repository_app = typer.Typer(help="Repositories of an instance.", no_args_is_help=True)
+token_app = typer.Typer(help="Temporary registry credentials.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log of control-plane changes.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(sub_user_app, name="sub-user")
+app.add_typer(access_key_app, name="access-key")
+app.add_typer(repository_app, name="repository")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
 
 
 class OutputFormat(str, Enum):
@@ -186,9 +199,325 @@ def password_set(instance: Annotated[str, typer.Option("--instance", help="Insta
     emit(result, output, ["instance_id", "username"])
 
 
+InstanceOption = Annotated[str, typer.Option("--instance", help="Instance id.")]
+
+
+@app.command()
+def configure(
+    endpoint: Annotated[str, typer.Option(prompt=True, help="Control-plane URL, e.g. http://127.0.0.1:5000.")],
+    access_key_id: Annotated[str, typer.Option(prompt=True, help="Access key id.")],
+    access_key_secret: Annotated[str, typer.Option(prompt=True, hide_input=True, help="Access key secret.")],
+    region: Annotated[str, typer.Option(prompt=True, help="Default region id.")] = "cn-hangzhou",
+    profile: Annotated[str, typer.Option("--profile", help="Profile name to write.")] = "default",
+    default: Annotated[bool, typer.Option(help="Make this profile the default one.")] = False,
+) -> None:
+    """Write a named CLI profile: control-plane endpoint, access key and default region."""
+    path = profiles.save(profile, profiles.Profile(endpoint.rstrip("/"), access_key_id, access_key_secret, region),
+                         make_default=default)
+    typer.echo(f"wrote profile {profile!r} to {path}")
+
+
+@instance_app.command("quota")
+def instance_quota(instance_id: str, namespaces: Annotated[int, typer.Option(help="Namespace quota.")],
+                   repositories: Annotated[int, typer.Option(help="Repository quota.")],
+                   output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Set an instance's quotas (administrator)."""
+    body = {"namespaces": namespaces, "repositories": repositories}
+    emit(Client(profile).request("PUT", f"/instances/{instance_id}/quotas", json=body), output,
+         ["id", "quotas.namespaces", "quotas.repositories"])
+
+
+@instance_app.command("import")
+def instance_import(
+    account: Annotated[str, typer.Option(help="Owner account name.")],
+    created_at: Annotated[str, typer.Option(help="Creation date, YYYY-MM-DD; before the cut-over date makes a "
+                                                 "legacy instance.")],
+    region: RegionOption = None, name: Annotated[str, typer.Option(help="Display name.")] = "",
+    output: OutputOption = OutputFormat.table, profile: ProfileOption = None,
+) -> None:
+    """Create an instance with a given owner and creation date, such as a legacy instance (administrator)."""
+    client = Client(profile)
+    body = {"region": region or client.profile.region or None, "name": name, "account": account,
+            "created_at": created_at}
+    emit(client.request("POST", "/instances", json=body), output, _INSTANCE_COLUMNS + ["legacy"])
+
+
+@namespace_app.command("update")
+def namespace_update(
+    name: str, instance: InstanceOption,
+    auto_create: Annotated[bool | None, typer.Option(help="Create repositories on first push.")] = None,
+    visibility: Annotated[str | None, typer.Option(help="Default visibility: public or private.")] = None,
+    output: OutputOption = OutputFormat.table, profile: ProfileOption = None,
+) -> None:
+    """Change a namespace's settings."""
+    body = {"auto_create": auto_create, "default_visibility": visibility}
+    emit(Client(profile).request("PATCH", f"/instances/{instance}/namespaces/{name}", json=body), output,
+         ["name", "auto_create", "default_visibility"])
+
+
+@namespace_app.command("delete")
+def namespace_delete(name: str, instance: InstanceOption, output: OutputOption = OutputFormat.table,
+                     profile: ProfileOption = None) -> None:
+    """Delete an empty namespace."""
+    emit(Client(profile).request("DELETE", f"/instances/{instance}/namespaces/{name}"), output,
+         ["name", "deleted"])
+
+
+_REPOSITORY_COLUMNS = ["name", "visibility", "summary"]
+
+
+def _split_repository(name: str) -> str:
+    if name.count("/") != 1:
+        raise CliError(f"repository {name!r} must be <namespace>/<repository>")
+    return name
+
+
+@repository_app.command("list")
+def repository_list(instance: InstanceOption, namespace: Annotated[str | None, typer.Option(help="Only this "
+                    "namespace.")] = None, output: OutputOption = OutputFormat.table,
+                    profile: ProfileOption = None) -> None:
+    """List the repositories you may pull."""
+    params = {"namespace": namespace} if namespace else {}
+    emit(Client(profile).request("GET", f"/instances/{instance}/repositories", params=params), output,
+         _REPOSITORY_COLUMNS)
+
+
+@repository_app.command("create")
+def repository_create(
+    name: Annotated[str, typer.Argument(help="<namespace>/<repository>")], instance: InstanceOption,
+    visibility: Annotated[str | None, typer.Option(help="public or private (default: the namespace's).")] = None,
+    summary: Annotated[str, typer.Option(help="Summary, at most 80 characters.")] = "",
+    description: Annotated[str, typer.Option(help="Markdown description, at most 2,000 characters.")] = "",
+    output: OutputOption = OutputFormat.table, profile: ProfileOption = None,
+) -> None:
+    """Create a repository."""
+    namespace, repository = _split_repository(name).split("/")
+    body = {"namespace": namespace, "name": repository, "visibility": visibility, "summary": summary,
+            "description": description}
+    emit(Client(profile).request("POST", f"/instances/{instance}/repositories", json=body), output,
+         _REPOSITORY_COLUMNS)
+
+
+@repository_app.command("show")
+def repository_show(name: Annotated[str, typer.Argument(help="<namespace>/<repository>")],
+                    instance: InstanceOption, output: OutputOption = OutputFormat.table,
+                    profile: ProfileOption = None) -> None:
+    """Show a repository."""
+    emit(Client(profile).request("GET", f"/instances/{instance}/repositories/{_split_repository(name)}"), output,
+         _REPOSITORY_COLUMNS + ["description"])
+
+
+@repository_app.command("update")
+def repository_update(
+    name: Annotated[str, typer.Argument(help="<namespace>/<repository>")], instance: InstanceOption,
+    visibility: Annotated[str | None, typer.Option(help="public or private.")] = None,
+    summary: Annotated[str | None, typer.Option(help="Summary, at most 80 characters.")] = None,
+    description: Annotated[str | None, typer.Option(help="Markdown, at most 2,000 characters.")] = None,
+    output: OutputOption = OutputFormat.table, profile: ProfileOption = None,
+) -> None:
+    """Change a repository's visibility, summary or description."""
+    body = {"visibility": visibility, "summary": summary, "description": description}
+    emit(Client(profile).request("PATCH", f"/instances/{instance}/repositories/{_split_repository(name)}",
+                                 json=body), output, _REPOSITORY_COLUMNS)
+
+
+@repository_app.command("delete")
+def repository_delete(name: Annotated[str, typer.Argument(help="<namespace>/<repository>")],
+                      instance: InstanceOption, output: OutputOption = OutputFormat.table,
+                      profile: ProfileOption = None) -> None:
+    """Delete a repository with its tags and manifests."""
+    emit(Client(profile).request("DELETE", f"/instances/{instance}/repositories/{_split_repository(name)}"),
+         output, ["name", "deleted"])
+
+
+@password_app.command("revoke-holder")
+def password_revoke_holder(instance: InstanceOption, output: OutputOption = OutputFormat.table,
+                           profile: ProfileOption = None) -> None:
+    """Revoke the sub-user who holds the instance's login password, so another may set it (account only)."""
+    emit(Client(profile).request("DELETE", f"/instances/{instance}/password-holder"), output,
+         ["instance_id", "revoked_holder"])
+
+
+@token_app.command("get")
+def token_get(instance: InstanceOption, output: OutputOption = OutputFormat.table,
+              profile: ProfileOption = None) -> None:
+    """Get a username and password for docker login, valid for one hour, with your own permissions."""
+    emit(Client(profile).request("POST", f"/instances/{instance}/temporary-credentials"), output,
+         ["username", "password", "expires_at"])
+
+
+@account_app.command("create")
+def account_create(name: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Create an account and its first access key; the secret is shown only once."""
+    emit(Client(profile).request("POST", "/accounts", json={"name": name}), output,
+         ["id", "name", "access_key.id", "access_key.secret"])
+
+
+@account_app.command("list")
+def account_list(output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """List accounts."""
+    emit(Client(profile).request("GET", "/accounts"), output, ["id", "name", "disabled"])
+
+
+@account_app.command("disable")
+def account_disable(name: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Disable an account: its keys, logins and tokens stop working."""
+    emit(Client(profile).request("POST", f"/accounts/{name}/disable"), output, ["name", "disabled"])
+
+
+@account_app.command("enable")
+def account_enable(name: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Enable a disabled account."""
+    emit(Client(profile).request("POST", f"/accounts/{name}/enable"), output, ["name", "disabled"])
+
+
+@sub_user_app.command("create")
+def sub_user_create(name: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Create a sub-user; its registry login name is <name>@<account>."""
+    emit(Client(profile).request("POST", "/sub-users", json={"name": name}), output, ["name", "login_name"])
+
+
+@sub_user_app.command("list")
+def sub_user_list(output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """List your sub-users."""
+    emit(Client(profile).request("GET", "/sub-users"), output, ["name", "login_name", "disabled"])
+
+
+@sub_user_app.command("disable")
+def sub_user_disable(name: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Disable a sub-user."""
+    emit(Client(profile).request("POST", f"/sub-users/{name}/disable"), output, ["name", "disabled"])
+
+
+@sub_user_app.command("enable")
+def sub_user_enable(name: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Enable a disabled sub-user."""
+    emit(Client(profile).request("POST", f"/sub-users/{name}/enable"), output, ["name", "disabled"])
+
+
+@sub_user_app.command("policy-set")
+def sub_user_policy_set(
+    name: str,
+    allow: Annotated[list[str] | None, typer.Option(help="ACTIONS=RESOURCE, e.g. pull,push=instance/<id>/team/*. "
+                                                         "Repeatable.")] = None,
+    deny: Annotated[list[str] | None, typer.Option(help="ACTIONS=RESOURCE to deny. Repeatable.")] = None,
+    output: OutputOption = OutputFormat.table, profile: ProfileOption = None,
+) -> None:
+    """Replace a sub-user's policy with allow and deny statements."""
+    statements = []
+    for effect, items in (("allow", allow or []), ("deny", deny or [])):
+        for item in items:
+            actions, separator, resource = item.partition("=")
+            if not separator or not actions or not resource:
+                raise CliError(f"--{effect} {item!r} must be ACTIONS=RESOURCE, e.g. pull=instance/<id>/team/*")
+            statements.append({"effect": effect, "actions": actions.split(","), "resources": [resource]})
+    emit(Client(profile).request("PUT", f"/sub-users/{name}/policy", json={"statements": statements}), output,
+         ["sub_user", "statements"])
+
+
+@sub_user_app.command("policy-show")
+def sub_user_policy_show(name: str, output: OutputOption = OutputFormat.table,
+                         profile: ProfileOption = None) -> None:
+    """Show a sub-user's policy."""
+    emit(Client(profile).request("GET", f"/sub-users/{name}/policy"), output, ["sub_user", "statements"])
+
+
+@access_key_app.command("create")
+def access_key_create(sub_user: Annotated[str | None, typer.Option(help="Create the key for this sub-user.")]
+                      = None, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Create an access key; the secret is shown only once."""
+    emit(Client(profile).request("POST", "/access-keys", json={"sub_user": sub_user}), output, ["id", "secret"])
+
+
+@access_key_app.command("list")
+def access_key_list(sub_user: Annotated[str | None, typer.Option(help="List this sub-user's keys.")] = None,
+                    output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """List access keys, without secrets."""
+    params = {"sub_user": sub_user} if sub_user else {}
+    emit(Client(profile).request("GET", "/access-keys", params=params), output, ["id", "created_at", "revoked"])
+
+
+@access_key_app.command("revoke")
+def access_key_revoke(key_id: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """Revoke an access key."""
+    emit(Client(profile).request("DELETE", f"/access-keys/{key_id}"), output, ["id", "revoked"])
+
+
+@audit_app.command("list")
+def audit_list(limit: Annotated[int, typer.Option(help="Number of entries, newest first.")] = 50,
+               output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
+    """List control-plane changes: who, what, when and from where."""
+    emit(Client(profile).request("GET", "/audit", params={"limit": limit}), output,
+         ["at", "actor", "action", "resource", "source_address"])
+
+
+def _saved_credentials(host: str) -> bool:
+    """Tell whether docker, podman or skopeo has saved credentials for `host`."""
+    home = os.path.expanduser("~")
+    candidates = [os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.join(home, ".docker"), "config.json"),
+                  os.environ.get("REGISTRY_AUTH_FILE", ""),
+                  os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/run/user/0"), "containers", "auth.json"),
+                  os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "containers",
+                               "auth.json")]
+    for path in filter(None, candidates):
+        try:
+            with open(path) as file:
+                auths = json.load(file).get("auths", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if any(key.removeprefix("https://").removeprefix("http://").split("/")[0] == host for key in auths):
+            return True
+    return False
+
+
+@app.command()
+def doctor(
+    image_reference: Annotated[str, typer.Argument(help="host[:port]/namespace/repository[:tag]")],
+    credentials: Annotated[bool | None, typer.Option(help="Assume credentials are (or are not) present "
+                                                         "instead of reading docker and podman auth files.")]
+    = None,
+    output: OutputOption = OutputFormat.table, profile: ProfileOption = None,
+) -> None:
+    """Explain whether a pull or push of IMAGE_REFERENCE would work, and why not."""
+    from crpe.doctor import ReferenceInvalid, diagnose, parse_reference
+    from crpe.endpoints import RegistryEndpoint, parse_host
+
+    client = Client(profile)
+    deployment = client.request("GET", "/deployment")
+    try:
+        reference = parse_reference(image_reference)
+    except ReferenceInvalid as error:
+        raise CliError(str(error)) from None
+    host = parse_host(reference.host, deployment["domain"])
+    region = legacy = None
+    if isinstance(host, RegistryEndpoint) and host.instance_id:
+        try:
+            instance = client.request("GET", f"/instances/{host.instance_id}")
+            region, legacy = instance["region"], instance["legacy"]
+        except CliError:
+            pass
+    has_credentials = _saved_credentials(reference.host) if credentials is None else credentials
+    result = diagnose(image_reference, deployment["domain"], region, legacy, has_credentials,
+                      deployment["public_endpoint_pull_allowed"])
+    view = {"reference": result.reference, "endpoint": result.endpoint, "region": result.region,
+            "instance_id": result.instance_id, "instance_found": result.instance_found,
+            "credentials": result.credentials, "pull": result.pull, "push": result.push,
+            "use_instead": result.use_instead, "notes": result.notes}
+    if output is OutputFormat.json:
+        emit(view, output)
+    else:
+        for key, value in view.items():
+            typer.echo(f"{key:15} {value}")
+    if not (result.pull_allowed or result.push_allowed):
+        raise typer.Exit(2)
+
+
 def main() -> None:
     try:
         app()
     except CliError as error:
+        typer.echo(f"crpe: error: {error}", err=True)
+        sys.exit(1)
+    except profiles.ProfileError as error:
         typer.echo(f"crpe: error: {error}", err=True)
         sys.exit(1)

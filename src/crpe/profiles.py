@@ -16,6 +16,10 @@ class Profile:
     region: str = ""
 
 
+class ProfileError(Exception):
+    """The profile file is missing, unreadable or lacks the requested profile."""
+
+
 def config_path() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "crpe" / "config.json"
@@ -25,7 +29,10 @@ def load_all() -> dict:
     path = config_path()
     if not path.exists():
         return {"default_profile": "default", "profiles": {}}
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ProfileError(f"cannot read {path}: {error}") from None
 
 
 def load(name: str | None) -> Profile:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import os
@@ -63,6 +64,10 @@ class Settings:
     public_endpoint_pull_allowed: bool = False
     max_manifest_bytes: int = 4 * 1024 * 1024
     trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)
+    # Instances created before this date are legacy instances, served on the shared regional endpoints.
+    legacy_cutover: datetime.date = datetime.date(2024, 9, 9)
+    namespace_quota: int = 3
+    repository_quota: int = 300
 
     def region(self, region_id: str) -> Region | None:
         for region in self.regions:
@@ -92,6 +97,9 @@ class Settings:
             "CRPE_TOKEN_TTL": str(self.token_ttl_seconds),
             "CRPE_PUBLIC_ENDPOINT_PULL": "true" if self.public_endpoint_pull_allowed else "false",
             "CRPE_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
+            "CRPE_LEGACY_CUTOVER": self.legacy_cutover.isoformat(),
+            "CRPE_NAMESPACE_QUOTA": str(self.namespace_quota),
+            "CRPE_REPOSITORY_QUOTA": str(self.repository_quota),
         }
 
 
@@ -152,13 +160,15 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
     vpc_networks = parse_networks(env.get("CRPE_VPC_NETWORKS", ",".join(DEFAULT_VPC_NETWORKS)),
                                   "CRPE_VPC_NETWORKS")
     regions = parse_regions(env.get("CRPE_REGIONS") or ",".join(DEFAULT_REGIONS), vpc_networks)
+    workers = _integer(overrides.get("workers") or env.get("CRPE_WORKERS") or 0, "CRPE_WORKERS", 0)
+    token_ttl = _integer(env.get("CRPE_TOKEN_TTL") or 300, "CRPE_TOKEN_TTL", 10)
+    namespace_quota = _integer(env.get("CRPE_NAMESPACE_QUOTA") or 3, "CRPE_NAMESPACE_QUOTA", 0)
+    repository_quota = _integer(env.get("CRPE_REPOSITORY_QUOTA") or 300, "CRPE_REPOSITORY_QUOTA", 0)
+    cutover_text = env.get("CRPE_LEGACY_CUTOVER") or "2024-09-09"
     try:
-        workers = int(overrides.get("workers") or env.get("CRPE_WORKERS") or 0)
-        token_ttl = int(env.get("CRPE_TOKEN_TTL") or 300)
-    except ValueError as error:
-        raise SettingsError(f"CRPE_WORKERS and CRPE_TOKEN_TTL must be integers: {error}") from None
-    if workers < 0 or token_ttl < 10:
-        raise SettingsError("CRPE_WORKERS must be >= 0 and CRPE_TOKEN_TTL >= 10 seconds")
+        cutover = datetime.date.fromisoformat(cutover_text)
+    except ValueError:
+        raise SettingsError(f"CRPE_LEGACY_CUTOVER {cutover_text!r} must be a date such as 2024-09-09") from None
     return Settings(
         data_dir=Path(str(data_dir)).resolve(),
         domain=domain,
@@ -169,4 +179,17 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
         token_ttl_seconds=token_ttl,
         public_endpoint_pull_allowed=env.get("CRPE_PUBLIC_ENDPOINT_PULL", "false").lower() in ("1", "true", "yes"),
         trusted_proxies=parse_networks(env.get("CRPE_TRUSTED_PROXIES", ""), "CRPE_TRUSTED_PROXIES"),
+        legacy_cutover=cutover,
+        namespace_quota=namespace_quota,
+        repository_quota=repository_quota,
     )
+
+
+def _integer(value: object, setting: str, minimum: int) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise SettingsError(f"{setting} must be an integer, not {value!r}") from None
+    if number < minimum:
+        raise SettingsError(f"{setting} must be at least {minimum}, not {number}")
+    return number

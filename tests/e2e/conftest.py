@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,10 @@ def e2e_image_tree(e2e_image: E2EImage, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> ClientSandbox:
-    return ClientSandbox(tmp_path / "sandbox")
+def sandbox(tmp_path: Path) -> Iterator[ClientSandbox]:
+    client_sandbox = ClientSandbox(tmp_path / "sandbox")
+    yield client_sandbox
+    client_sandbox.close()
 
 
 @pytest.fixture

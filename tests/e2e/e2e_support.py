@@ -13,6 +13,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -176,6 +177,7 @@ class ClientSandbox:
 
     root: Path
     host_names: list[str] = field(default_factory=list)
+    short_root: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("home", "run", "config", "tmp", "etc", "var-lib-containers"):
@@ -270,11 +272,19 @@ class ClientSandbox:
                         timeout=timeout, check=check, text=text)
 
     def podman_storage(self, name: str) -> list[str]:
-        """Return podman's global options for a private vfs image store called `name`."""
+        """Return the podman command with global options for a private vfs image store called `name`."""
         storage = self.root / "podman" / name
-        return ["podman", "--root", str(storage / "root"), "--runroot", str(storage / "runroot"),
+        # podman 4.3 rejects a run root longer than 50 characters, so it lives in a short /tmp directory.
+        if self.short_root is None:
+            self.short_root = Path(tempfile.mkdtemp(prefix="crpe-e2e-", dir="/tmp"))
+        return ["podman", "--root", str(storage / "root"), "--runroot", str(self.short_root / name),
                 "--storage-driver", "vfs", "--tmpdir", str(storage / "tmp"),
                 "--events-backend", "none", "--cgroup-manager", "cgroupfs"]
+
+    def close(self) -> None:
+        if self.short_root is not None:
+            shutil.rmtree(self.short_root, ignore_errors=True)
+            self.short_root = None
 
 
 # --- Registry HTTP client with the Docker token flow --------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +68,16 @@ def podman_push(sandbox: ClientSandbox, server: CrpeServer, image: E2EImage, ref
 
 
 @pytest.fixture(scope="module")
-def pushed(server: CrpeServer, e2e_image: E2EImage, tmp_path_factory: pytest.TempPathFactory) -> Pushed:
+def pushed(server: CrpeServer, e2e_image: E2EImage,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushed]:
     """The test image pushed by podman through the public endpoint of a new instance."""
     sandbox = ClientSandbox(tmp_path_factory.mktemp("podman") / "sandbox")
     instance = server.create_instance()
     sandbox.add_host(instance.public, instance.vpc)
     digest = podman_push(sandbox, server, e2e_image, f"{server.host(instance.public)}/{REPOSITORY}:{TAG}",
                          "--creds", credentials(instance))
-    return Pushed(sandbox, instance, digest)
+    yield Pushed(sandbox, instance, digest)
+    sandbox.close()
 
 
 def test_pushed_manifest_over_http(pushed: Pushed, server: CrpeServer, e2e_image: E2EImage) -> None:
@@ -152,7 +155,7 @@ def test_login_push_v2s2_and_pull(server: CrpeServer, e2e_image: E2EImage, insta
     """Credentials stored by `podman login` serve a v2s2 push and a pull; after logout the pull fails."""
     store = sandbox.podman_storage("login")
     for host_name in (instance.public, instance.vpc):
-        result = sandbox.run(["podman", "login", "--tls-verify=false", "--username", instance.username,
+        result = sandbox.run([*store, "login", "--tls-verify=false", "--username", instance.username,
                               "--password", instance.password, server.host(host_name)])
         assert result.stdout.strip() == "Login Succeeded!"
     stored = json.loads(sandbox.auth_file.read_text())["auths"]
@@ -174,7 +177,7 @@ def test_login_push_v2s2_and_pull(server: CrpeServer, e2e_image: E2EImage, insta
     assert inspected["ManifestType"] == DOCKER_MANIFEST
     assert inspected["RootFS"]["Layers"] == e2e_image.image.diff_ids
 
-    sandbox.run(["podman", "logout", "--all"])
+    sandbox.run([*store, "logout", "--all"])
     assert json.loads(sandbox.auth_file.read_text())["auths"] == {}
     sandbox.run([*store, "rmi", reference])
     result = sandbox.run([*store, "pull", "--tls-verify=false", reference], check=False)

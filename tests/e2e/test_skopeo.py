@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,16 @@ def skopeo_raw_manifest(sandbox: ClientSandbox, server: CrpeServer, instance: In
 
 
 @pytest.fixture(scope="module")
-def pushed(server: CrpeServer, e2e_image: E2EImage, tmp_path_factory: pytest.TempPathFactory) -> Pushed:
+def pushed(server: CrpeServer, e2e_image: E2EImage,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushed]:
     """The test image pushed as OCI, digests preserved, through the public endpoint of a new instance."""
     sandbox = ClientSandbox(tmp_path_factory.mktemp("skopeo") / "sandbox")
     instance = server.create_instance()
     sandbox.add_host(instance.public, instance.vpc)
     digest = skopeo_push(sandbox, server, e2e_image, instance, instance.public, REPOSITORY, "v1",
                          "--preserve-digests")
-    return Pushed(sandbox, instance, REPOSITORY, "v1", digest)
+    yield Pushed(sandbox, instance, REPOSITORY, "v1", digest)
+    sandbox.close()
 
 
 def test_oci_push_keeps_manifest_digest(pushed: Pushed, e2e_image: E2EImage) -> None:

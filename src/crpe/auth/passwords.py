@@ -23,6 +23,11 @@ _cache_key = secrets.token_bytes(32)
 _verified: dict[bytes, float] = {}
 
 
+def new_access_key() -> tuple[str, str]:
+    """Return a new access key id and secret (240 random bits)."""
+    return "CRPE" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+
+
 def hash_secret(secret: str) -> str:
     return _hasher.hash(secret)
 

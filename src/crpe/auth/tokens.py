@@ -55,6 +55,19 @@ class RefreshClaims:
     password_generation: int
 
 
+@dataclass(frozen=True)
+class TemporaryClaims:
+    account_id: str
+    sub_user_id: str
+    instance_id: str
+    expires_at: int
+
+
+# Audience of temporary credentials: they are passwords for the token endpoint, never bearer tokens.
+TEMPORARY_AUDIENCE = "crpe-temporary-credential"
+TEMPORARY_CREDENTIAL_SECONDS = 3600
+
+
 class InvalidToken(Exception):
     """A token failed verification; the message says why, without echoing the token."""
 
@@ -111,6 +124,26 @@ class TokenService:
                      "generation": password_generation},
         }
         return self._sign(claims)
+
+    def issue_temporary(self, subject: str, account_id: str, sub_user_id: str, instance_id: str
+                        ) -> tuple[str, int]:
+        """Issue a one-hour registry password that carries the caller's identity, not a copy of its rights."""
+        issued = int(time.time())
+        expires = issued + TEMPORARY_CREDENTIAL_SECONDS
+        claims = {
+            "iss": ISSUER, "sub": subject, "aud": TEMPORARY_AUDIENCE, "iat": issued, "exp": expires,
+            "jti": secrets.token_urlsafe(12), "typ": "temporary",
+            "crpe": {"account": account_id, "sub_user": sub_user_id, "instance": instance_id},
+        }
+        return self._sign(claims), expires
+
+    def verify_temporary(self, token: str) -> TemporaryClaims:
+        payload = self._decode(token, TEMPORARY_AUDIENCE)
+        if payload.get("typ") != "temporary":
+            raise InvalidToken("not a temporary credential")
+        extra = payload.get("crpe") or {}
+        return TemporaryClaims(str(extra.get("account", "")), str(extra.get("sub_user", "")),
+                               str(extra.get("instance", "")), int(payload["exp"]))
 
     def _sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._key, algorithm=_ALGORITHM, headers={"kid": self.key_id})

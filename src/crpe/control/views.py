@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from crpe.endpoints import Network, exclusive_host, legacy_host
-from crpe.metadata.store import Instance, Namespace
+from crpe.metadata.store import Instance, Namespace, Repository
 
 
 def instance_view(instance: Instance, domain: str, port_suffix: str = "") -> dict[str, Any]:
@@ -34,3 +34,9 @@ def instance_view(instance: Instance, domain: str, port_suffix: str = "") -> dic
 def namespace_view(namespace: Namespace) -> dict[str, Any]:
     return {"instance_id": namespace.instance_id, "name": namespace.name, "auto_create": namespace.auto_create,
             "default_visibility": namespace.default_visibility, "created_at": namespace.created_at}
+
+
+def repository_view(repository: Repository) -> dict[str, Any]:
+    return {"instance_id": repository.instance_id, "namespace": repository.namespace, "name": repository.name,
+            "visibility": repository.visibility, "summary": repository.summary,
+            "description": repository.description, "created_at": repository.created_at}

@@ -47,6 +47,8 @@ instances = Table(
     Column("legacy", Boolean, nullable=False, server_default=text("false")),
     Column("namespace_quota", Integer, nullable=False, server_default="3"),
     Column("repository_quota", Integer, nullable=False, server_default="300"),
+    # The one sub-user allowed to set the login password of a new instance; NULL until one sets it.
+    Column("password_holder", String(32)),
     Column("created_at", BigInteger, nullable=False),
     Index("instances_by_account_region", "account_id", "region"),
 )
@@ -145,6 +147,14 @@ tags = Table(
     Column("digest", String(160), nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Index("tags_by_digest", "repository_id", "digest"),
+)
+
+# Permission statements of a sub-user, as a JSON list of {effect, actions, resources}.
+sub_user_policies = Table(
+    "sub_user_policies", metadata,
+    Column("sub_user_id", String(32), ForeignKey("sub_users.id"), primary_key=True),
+    Column("statements", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
 )
 
 audit_log = Table(

@@ -40,12 +40,22 @@ class Account:
 
 
 @dataclass(frozen=True)
+class SubUser:
+    id: str
+    account_id: str
+    name: str
+    disabled: bool
+    created_at: int
+
+
+@dataclass(frozen=True)
 class AccessKey:
     id: str
     secret_hash: str
     account_id: str
     sub_user_id: str | None
     revoked: bool
+    created_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class Instance:
     namespace_quota: int
     repository_quota: int
     created_at: int
+    password_holder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,23 +227,84 @@ class MetadataStore:
                  "sub_user_id": sub_user_id, "now": now()})
 
     def get_access_key(self, key_id: str) -> AccessKey | None:
-        row = self._one("SELECT id, secret_hash, account_id, sub_user_id, revoked_at FROM access_keys "
-                        "WHERE id = :id", id=key_id)
+        row = self._one("SELECT * FROM access_keys WHERE id = :id", id=key_id)
         if not row:
             return None
-        return AccessKey(row.id, row.secret_hash, row.account_id, row.sub_user_id, row.revoked_at is not None)
+        return _access_key(row)
+
+    def list_access_keys(self, account_id: str, sub_user_id: str | None) -> list[AccessKey]:
+        rows = self._all("SELECT * FROM access_keys WHERE account_id = :a AND "
+                         "coalesce(sub_user_id, '') = :s ORDER BY created_at, id", a=account_id, s=sub_user_id or "")
+        return [_access_key(row) for row in rows]
+
+    def revoke_access_key(self, key_id: str) -> bool:
+        with self._write() as connection:
+            result = connection.execute(text(
+                "UPDATE access_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL"),
+                {"now": now(), "id": key_id})
+        return result.rowcount == 1
+
+    def list_accounts(self) -> list[Account]:
+        return [Account(row.id, row.name, bool(row.is_admin), bool(row.disabled))
+                for row in self._all("SELECT id, name, is_admin, disabled FROM accounts ORDER BY name")]
+
+    def set_account_disabled(self, account_id: str, disabled: bool) -> None:
+        with self._write() as connection:
+            connection.execute(text("UPDATE accounts SET disabled = :d WHERE id = :id"),
+                               {"d": disabled, "id": account_id})
+
+    # Sub-users and their policies.
+
+    def create_sub_user(self, account_id: str, name: str) -> SubUser:
+        sub_user = SubUser(new_id(), account_id, name, False, now())
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO sub_users (id, account_id, name, disabled, created_at) "
+                "VALUES (:id, :a, :name, false, :now)"),
+                {"id": sub_user.id, "a": account_id, "name": name, "now": sub_user.created_at})
+        return sub_user
+
+    def get_sub_user(self, account_id: str, name: str) -> SubUser | None:
+        row = self._one("SELECT * FROM sub_users WHERE account_id = :a AND name = :name", a=account_id, name=name)
+        return _sub_user(row) if row else None
+
+    def get_sub_user_by_id(self, sub_user_id: str) -> SubUser | None:
+        row = self._one("SELECT * FROM sub_users WHERE id = :id", id=sub_user_id)
+        return _sub_user(row) if row else None
+
+    def list_sub_users(self, account_id: str) -> list[SubUser]:
+        return [_sub_user(row) for row in
+                self._all("SELECT * FROM sub_users WHERE account_id = :a ORDER BY name", a=account_id)]
+
+    def set_sub_user_disabled(self, sub_user_id: str, disabled: bool) -> None:
+        with self._write() as connection:
+            connection.execute(text("UPDATE sub_users SET disabled = :d WHERE id = :id"),
+                               {"d": disabled, "id": sub_user_id})
+
+    def set_policy(self, sub_user_id: str, statements: list[dict[str, Any]]) -> None:
+        document = json.dumps(statements)
+        with self._write() as connection:
+            connection.execute(text(
+                "INSERT INTO sub_user_policies (sub_user_id, statements, updated_at) VALUES (:s, :doc, :now) "
+                "ON CONFLICT (sub_user_id) DO UPDATE SET statements = :doc, updated_at = :now"),
+                {"s": sub_user_id, "doc": document, "now": now()})
+
+    def get_policy(self, sub_user_id: str) -> list[dict[str, Any]]:
+        row = self._one("SELECT statements FROM sub_user_policies WHERE sub_user_id = :s", s=sub_user_id)
+        return json.loads(row.statements) if row else []
 
     # Instances.
 
     def create_instance(self, account_id: str, region: str, name: str = "", legacy: bool = False,
-                        created_at: int | None = None) -> Instance:
+                        created_at: int | None = None, namespace_quota: int = 3,
+                        repository_quota: int = 300) -> Instance:
         instance_id = new_id()
         with self._write() as connection:
             connection.execute(text(
                 "INSERT INTO instances (id, account_id, region, name, legacy, namespace_quota, "
-                "repository_quota, created_at) VALUES (:id, :account_id, :region, :name, :legacy, 3, 300, :at)"),
+                "repository_quota, created_at) VALUES (:id, :account_id, :region, :name, :legacy, :nq, :rq, :at)"),
                 {"id": instance_id, "account_id": account_id, "region": region, "name": name,
-                 "legacy": legacy, "at": created_at or now()})
+                 "legacy": legacy, "nq": namespace_quota, "rq": repository_quota, "at": created_at or now()})
         instance = self.get_instance(instance_id)
         assert instance is not None
         return instance
@@ -249,6 +321,38 @@ class MetadataStore:
             rows = self._all("SELECT * FROM instances WHERE account_id = :account_id ORDER BY created_at, id",
                              account_id=account_id)
         return [_instance(row) for row in rows]
+
+    def update_quotas(self, instance_id: str, namespace_quota: int, repository_quota: int) -> None:
+        with self._write() as connection:
+            connection.execute(text("UPDATE instances SET namespace_quota = :nq, repository_quota = :rq "
+                                    "WHERE id = :id"), {"nq": namespace_quota, "rq": repository_quota,
+                                                         "id": instance_id})
+
+    def list_legacy_instances(self, account_id: str, region: str) -> list[Instance]:
+        rows = self._all("SELECT * FROM instances WHERE account_id = :a AND region = :r AND legacy "
+                         "ORDER BY created_at, id", a=account_id, r=region)
+        return [_instance(row) for row in rows]
+
+    def claim_password_holder(self, instance_id: str, sub_user_id: str) -> bool:
+        """Make `sub_user_id` the holder unless another sub-user already is; True if it holds it now."""
+        with self._write() as connection:
+            result = connection.execute(text(
+                "UPDATE instances SET password_holder = :s WHERE id = :id "
+                "AND (password_holder IS NULL OR password_holder = :s)"), {"s": sub_user_id, "id": instance_id})
+        return result.rowcount == 1
+
+    def revoke_password_holder(self, instance_id: str) -> str | None:
+        """Clear the holder and delete the holder's login password; return the former holder."""
+        with self._write() as connection:
+            row = connection.execute(text("SELECT password_holder FROM instances WHERE id = :id"),
+                                     {"id": instance_id}).first()
+            holder = row.password_holder if row else None
+            if holder:
+                connection.execute(text("UPDATE instances SET password_holder = NULL WHERE id = :id"),
+                                   {"id": instance_id})
+                connection.execute(text("DELETE FROM login_passwords WHERE instance_id = :id AND sub_user_id = :s"),
+                                   {"id": instance_id, "s": holder})
+        return holder
 
     def find_legacy_instance(self, region: str, namespace: str) -> Instance | None:
         row = self._one("SELECT i.* FROM namespaces n JOIN instances i ON i.id = n.instance_id "
@@ -302,6 +406,25 @@ class MetadataStore:
         return [_namespace(row) for row in
                 self._all("SELECT * FROM namespaces WHERE instance_id = :i ORDER BY name", i=instance_id)]
 
+    def update_namespace(self, instance_id: str, name: str, auto_create: bool, default_visibility: str) -> None:
+        with self._write() as connection:
+            connection.execute(text(
+                "UPDATE namespaces SET auto_create = :auto, default_visibility = :v "
+                "WHERE instance_id = :i AND name = :name"),
+                {"auto": auto_create, "v": default_visibility, "i": instance_id, "name": name})
+
+    def delete_namespace(self, instance_id: str, name: str) -> bool:
+        """Delete an empty namespace; False when it still holds repositories."""
+        with self._write() as connection:
+            used = connection.execute(text(
+                "SELECT count(*) AS n FROM repositories WHERE instance_id = :i AND namespace = :name"),
+                {"i": instance_id, "name": name}).first().n
+            if used:
+                return False
+            connection.execute(text("DELETE FROM namespaces WHERE instance_id = :i AND name = :name"),
+                               {"i": instance_id, "name": name})
+        return True
+
     def count_namespaces(self, instance_id: str) -> int:
         return int(self._one("SELECT count(*) AS n FROM namespaces WHERE instance_id = :i", i=instance_id).n)
 
@@ -332,6 +455,19 @@ class MetadataStore:
             row = connection.execute(text("SELECT * FROM repositories WHERE instance_id = :i AND name = :name"),
                                      {"i": instance.id, "name": name}).first()
         return _repository(row)
+
+    def update_repository(self, repository_id: int, visibility: str, summary: str, description: str) -> None:
+        with self._write() as connection:
+            connection.execute(text(
+                "UPDATE repositories SET visibility = :v, summary = :s, description = :d WHERE id = :id"),
+                {"v": visibility, "s": summary, "d": description, "id": repository_id})
+
+    def delete_repository(self, repository_id: int) -> None:
+        """Delete a repository with its manifests, tags, blob links and uploads; blob files stay for GC."""
+        with self._write() as connection:
+            for table in ("tags", "manifest_references", "manifests", "repository_blobs", "uploads"):
+                connection.execute(text(f"DELETE FROM {table} WHERE repository_id = :id"), {"id": repository_id})
+            connection.execute(text("DELETE FROM repositories WHERE id = :id"), {"id": repository_id})
 
     def list_repositories(self, instance_id: str, after: str = "", limit: int | None = None) -> list[Repository]:
         sql = "SELECT * FROM repositories WHERE instance_id = :i AND name > :after ORDER BY name"
@@ -492,6 +628,15 @@ class MetadataStore:
 
     # Audit log.
 
+    def list_audit(self, account_id: str | None, limit: int = 100) -> list[dict[str, Any]]:
+        """Return the newest entries first: of one account, or of all when `account_id` is None."""
+        if account_id is None:
+            rows = self._all("SELECT * FROM audit_log ORDER BY id DESC LIMIT :n", n=limit)
+        else:
+            rows = self._all("SELECT * FROM audit_log WHERE account_id = :a ORDER BY id DESC LIMIT :n",
+                             a=account_id, n=limit)
+        return [_audit_entry(row) for row in rows]
+
     def audit(self, account_id: str | None, actor: str, action: str, resource: str, source_address: str,
               detail: dict[str, Any] | None = None) -> None:
         with self._write() as connection:
@@ -504,7 +649,21 @@ class MetadataStore:
 
 def _instance(row: Any) -> Instance:
     return Instance(row.id, row.account_id, row.region, row.name, bool(row.legacy), int(row.namespace_quota),
-                    int(row.repository_quota), int(row.created_at))
+                    int(row.repository_quota), int(row.created_at), row.password_holder)
+
+
+def _access_key(row: Any) -> AccessKey:
+    return AccessKey(row.id, row.secret_hash, row.account_id, row.sub_user_id, row.revoked_at is not None,
+                     int(row.created_at))
+
+
+def _sub_user(row: Any) -> SubUser:
+    return SubUser(row.id, row.account_id, row.name, bool(row.disabled), int(row.created_at))
+
+
+def _audit_entry(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "at": row.at, "actor": row.actor, "action": row.action, "resource": row.resource,
+            "source_address": row.source_address, "detail": json.loads(row.detail or "{}")}
 
 
 def _namespace(row: Any) -> Namespace:

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from crpe import policy
-from crpe.auth.passwords import verify_secret
+from crpe.auth.identity import Identity, registry_login
 from crpe.auth.permissions import permitted_actions
-from crpe.auth.principals import Principal, split_login_name
 from crpe.auth.scopes import Scope
 from crpe.auth.tokens import AccessClaims, InvalidToken
 from crpe.endpoints import EndpointKind, Network, RegistryEndpoint, endpoint_host
@@ -127,15 +126,27 @@ def resolve_instance(call: Call, repository: str | None) -> Instance:
             raise HostUnknown(f"no registry instance is served at {call.host}; check the instance id and region "
                               "with `crpe instance list`", detail={"host": call.host})
         return instance
-    namespace = (repository or "").split("/", 1)[0]
+    if repository is None:
+        # A legacy endpoint serves many instances; a request naming no repository concerns the caller's own.
+        instance_id = call.claims.instance_id if call.claims else ""
+        instance = call.services.instance(instance_id) if instance_id else None
+        if instance is None or not instance.legacy or instance.region != endpoint.region:
+            raise Unauthorized("authentication required; run docker login " + call.host, headers=call.challenge())
+        return instance
+    namespace = repository.split("/", 1)[0]
     instance = call.services.store.find_legacy_instance(endpoint.region, namespace) if namespace else None
     if instance is None:
+        if call.claims is None or call.claims.anonymous:
+            # Anonymous callers learn nothing about which namespaces exist.
+            scope = f"repository:{repository}:pull"
+            raise Unauthorized("authentication required; log in with docker login and retry",
+                               headers=call.challenge(scope))
         raise NameUnknown(f"repository {repository!r} is not known to this registry", detail={"name": repository})
     return instance
 
 
-def basic_principal(call: Call, instance: Instance) -> Principal | None:
-    """Verify Basic credentials against the instance's login passwords."""
+def basic_identity(call: Call, instance: Instance) -> Identity | None:
+    """Verify Basic credentials sent straight to /v2/ against the instance's logins."""
     header = call.request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
@@ -145,38 +156,29 @@ def basic_principal(call: Call, instance: Instance) -> Principal | None:
     except (ValueError, UnicodeDecodeError):
         raise Unauthorized("the Basic credentials are not valid base64 of user:password",
                            headers=call.challenge()) from None
-    principal = login(call.services, instance, username, password)
-    if principal is None:
+    identity = registry_login(call.services.store, call.services.tokens, instance, username, password)
+    if identity is None:
         raise Unauthorized("incorrect username or password", headers=call.challenge())
-    return principal
-
-
-def login(services: Services, instance: Instance, username: str, password: str) -> Principal | None:
-    """Return the principal whose login password for `instance` is `password`, else None."""
-    account_name, sub_user_name = split_login_name(username)
-    account = services.store.get_account_by_name(account_name)
-    if account is None or account.disabled or sub_user_name:
-        # TODO: sub-user logins arrive with the control plane's sub-users.
-        return None
-    stored = services.store.get_login_password(instance.id, "")
-    if stored is None or not verify_secret(stored.password_hash, password):
-        return None
-    return Principal(account.id, account.name, is_admin=account.is_admin)
+    return identity
 
 
 def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
               repository: Repository | None, existence_check: bool = False) -> None:
     """Apply the endpoint rules, then the token's grants; raise 401 or 403 with a message saying what to do."""
     claims = call.claims
-    basic = basic_principal(call, instance) if claims is None else None
+    basic = basic_identity(call, instance) if claims is None else None
     if basic is not None:
-        granted = permitted_actions(basic, instance.account_id, name)
-        claims = AccessClaims(basic.login_name, basic.account_id, basic.sub_user_id, instance.id, call.service,
-                              float("inf"), (Scope("repository", name, granted),))
+        principal = basic.principal
+        granted = permitted_actions(principal, instance.account_id, instance.id, name, basic.statements)
+        claims = AccessClaims(principal.login_name, principal.account_id, principal.sub_user_id, instance.id,
+                              call.service, float("inf"), (Scope("repository", name, granted),))
         call.claims = claims
+    # Credentials of another instance (possible on a shared legacy endpoint) count as none here.
+    foreign = claims is not None and bool(claims.instance_id) and claims.instance_id != instance.id
+    authenticated = call.authenticated and not foreign
     decision = policy.decide(policy.Request(
         action=action,
-        authenticated=call.authenticated,
+        authenticated=authenticated,
         legacy_instance=instance.legacy,
         vpc_endpoint=call.endpoint.is_vpc,
         from_vpc_network=call.from_vpc,
@@ -191,11 +193,9 @@ def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
         raise Unauthorized(decision.reason, headers=call.challenge(scope))
     if decision.outcome is policy.Outcome.DENY:
         raise Denied(decision.reason)
-    if not call.authenticated:
+    if not authenticated:
         return  # Anonymous pull of a public repository on a legacy instance.
     assert call.claims is not None
-    if call.claims.instance_id and call.claims.instance_id != instance.id:
-        raise Unauthorized("the token was issued for another instance", headers=call.challenge(scope))
     if existence_check and call.claims.allows("repository", name, "push"):
         return
     if not call.claims.allows("repository", name, action.value):
@@ -207,10 +207,11 @@ def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
 def require_authenticated(call: Call, instance: Instance) -> None:
     """For requests that name no repository (the catalog): any verified caller, within the endpoint rules."""
     if call.claims is None:
-        basic = basic_principal(call, instance)
+        basic = basic_identity(call, instance)
         if basic is not None:
-            call.claims = AccessClaims(basic.login_name, basic.account_id, basic.sub_user_id, instance.id,
-                                       call.service, float("inf"), ())
+            principal = basic.principal
+            call.claims = AccessClaims(principal.login_name, principal.account_id, principal.sub_user_id,
+                                       instance.id, call.service, float("inf"), ())
     if call.endpoint.is_vpc and not call.from_vpc:
         raise Denied(f"the VPC endpoint {call.vpc_host} accepts requests only from this region's VPC networks; "
                      f"from elsewhere use the public endpoint {call.public_host}")

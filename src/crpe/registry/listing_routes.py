@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from crpe import policy
 from crpe.auth.permissions import permitted_actions
-from crpe.auth.principals import Principal
+from crpe.auth.identity import principal_for
 from crpe.digests import parse_digest
 from crpe.errors import NameUnknown, RegistryError
 from crpe.registry.access import Call, authorize, require_authenticated, resolve_instance
@@ -64,13 +64,16 @@ async def catalog(call: Call) -> Response:
     instance = resolve_instance(call, None)
     require_authenticated(call, instance)
     assert call.claims is not None
-    principal = Principal(call.claims.account_id, "", call.claims.sub_user_id)
+    identity = principal_for(call.services.store, call.claims.account_id, call.claims.sub_user_id)
+    if identity is None:
+        return json_response({"repositories": []})
     n = _page_size(call)
     last = call.request.query_params.get("last", "")
     names: list[str] = []
     if n != 0:
         for repository in call.services.store.list_repositories(instance.id, after=last):
-            if "pull" in permitted_actions(principal, instance.account_id, repository.name):
+            if "pull" in permitted_actions(identity.principal, instance.account_id, instance.id, repository.name,
+                                           identity.statements):
                 names.append(repository.name)
                 if n is not None and len(names) > n:
                     break

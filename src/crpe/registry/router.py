@@ -13,7 +13,7 @@ from starlette.responses import Response
 from crpe.endpoints import RegistryEndpoint
 from crpe.errors import NameInvalid, RegistryError, Unauthorized, Unsupported
 from crpe.registry import blobs, listing_routes, manifest_routes, token_routes, uploads
-from crpe.registry.access import Call, basic_principal, open_call, resolve_instance
+from crpe.registry.access import Call, basic_identity, open_call, resolve_instance
 from crpe.registry.responses import API_VERSION_HEADER, error_response, json_response
 from crpe.services import Services
 
@@ -94,12 +94,15 @@ def _require_method(method: str, path: str, allowed: tuple[str, ...]) -> None:
 
 def _base(call: Call) -> Response:
     """Answer the API version check, which is also how clients discover the token realm."""
-    if call.claims is None and call.endpoint.instance_id:
-        instance = resolve_instance(call, None)
-        if basic_principal(call, instance) is not None:
-            return json_response({}, headers=dict(API_VERSION_HEADER))
-    elif call.endpoint.instance_id:
-        resolve_instance(call, None)
-    if call.claims is None or call.claims.anonymous:
+    ok = json_response({}, headers=dict(API_VERSION_HEADER))
+    exclusive = call.endpoint.instance_id is not None
+    if call.claims is None:
+        if exclusive and basic_identity(call, resolve_instance(call, None)) is not None:
+            return ok
         raise Unauthorized(f"authentication required; run docker login {call.host}", headers=call.challenge())
-    return json_response({}, headers=dict(API_VERSION_HEADER))
+    if exclusive:
+        resolve_instance(call, None)
+        if call.claims.anonymous:
+            raise Unauthorized(f"authentication required; run docker login {call.host}", headers=call.challenge())
+    # On legacy endpoints an anonymous token is valid too: it reads public repositories.
+    return ok
