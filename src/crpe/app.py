@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import time
 from typing import Any
 
@@ -18,15 +17,13 @@ from crpe.registry.access import address_in
 from crpe.services import Services
 from crpe.settings import Settings, from_environment
 
-log = logging.getLogger("crpe.access")
-
-
 class CrpeApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.services: Services | None = None
         self._control: Any = None
         self._parse = functools.lru_cache(maxsize=8192)(self._parse_host)
+        self.access_log = logs.AccessLog(settings.access_log)
 
     def _parse_host(self, host: str) -> ParsedHost:
         return parse_host(host, self.settings.domain)
@@ -69,12 +66,8 @@ class CrpeApp:
             await _send_json(send_logged, 404, {"errors": [{
                 "code": "NAME_UNKNOWN", "message": f"{parsed.reason}; check the registry address",
                 "detail": {"host": host}}]})
-        log.info("request", extra={
-            "http.request.method": scope["method"], "http.request.host": host,
-            "http.request.uri": path, "http.response.status": status_holder[0],
-            "http.response.duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "http.request.remoteaddr": (scope.get("client") or ("",))[0],
-        })
+        self.access_log.write(scope["method"], host, path, status_holder[0],
+                              (time.perf_counter() - started) * 1000, (scope.get("client") or ("",))[0])
 
     def _host(self, scope: Scope) -> str:
         host = ""

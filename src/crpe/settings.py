@@ -68,6 +68,7 @@ class Settings:
     legacy_cutover: datetime.date = datetime.date(2024, 9, 9)
     namespace_quota: int = 3
     repository_quota: int = 300
+    access_log: bool = True
 
     def region(self, region_id: str) -> Region | None:
         for region in self.regions:
@@ -100,6 +101,7 @@ class Settings:
             "CRPE_LEGACY_CUTOVER": self.legacy_cutover.isoformat(),
             "CRPE_NAMESPACE_QUOTA": str(self.namespace_quota),
             "CRPE_REPOSITORY_QUOTA": str(self.repository_quota),
+            "CRPE_ACCESS_LOG": "true" if self.access_log else "false",
         }
 
 
@@ -182,6 +184,7 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
         legacy_cutover=cutover,
         namespace_quota=namespace_quota,
         repository_quota=repository_quota,
+        access_log=env.get("CRPE_ACCESS_LOG", "true").lower() in ("1", "true", "yes"),
     )
 
 

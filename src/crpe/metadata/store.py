@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -139,6 +141,7 @@ class MetadataStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._local = threading.local()
         self._reader = self._engine(immediate=False)
         self._writer = self._engine(immediate=True)
 
@@ -187,11 +190,30 @@ class MetadataStore:
         with self._writer.begin() as connection:
             yield connection
 
+    def _sqlite_reader(self) -> sqlite3.Connection:
+        """Return this thread's plain sqlite3 connection, for reads on the hot path.
+
+        SQLAlchemy costs about 0.1 ms per query on top of SQLite's own microseconds, which halved manifest
+        GET throughput; each SELECT here is its own autocommit read of the WAL snapshot.
+        """
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30, isolation_level=None,
+                                         check_same_thread=True)
+            connection.row_factory = _row
+            connection.execute("PRAGMA busy_timeout=30000")
+            self._local.connection = connection
+        return connection
+
     def _one(self, sql: str, **params: Any) -> Any:
+        if self.is_sqlite:
+            return self._sqlite_reader().execute(sql, params).fetchone()
         with self._read() as connection:
             return connection.execute(text(sql), params).first()
 
     def _all(self, sql: str, **params: Any) -> list[Any]:
+        if self.is_sqlite:
+            return self._sqlite_reader().execute(sql, params).fetchall()
         with self._read() as connection:
             return list(connection.execute(text(sql), params))
 
@@ -575,6 +597,27 @@ class MetadataStore:
                     "ON CONFLICT (repository_id, name) DO UPDATE SET digest = :d, updated_at = :now"),
                     {"r": repository_id, "t": record.tag, "d": manifest.digest, "now": now()})
 
+    def find_manifest(self, instance_id: str, repository: str, reference: str, by_digest: bool
+                      ) -> tuple[Repository | None, Manifest | None]:
+        """Look up a repository and one of its manifests in one query: the manifest GET hot path."""
+        if by_digest:
+            row = self._one("SELECT r.*, m.digest AS m_digest, m.media_type AS m_media_type, m.size AS m_size, "
+                            "m.content AS m_content FROM repositories r LEFT JOIN manifests m "
+                            "ON m.repository_id = r.id AND m.digest = :ref WHERE r.instance_id = :i AND r.name = :n",
+                            i=instance_id, n=repository, ref=reference)
+        else:
+            row = self._one("SELECT r.*, m.digest AS m_digest, m.media_type AS m_media_type, m.size AS m_size, "
+                            "m.content AS m_content FROM repositories r LEFT JOIN tags t "
+                            "ON t.repository_id = r.id AND t.name = :ref LEFT JOIN manifests m "
+                            "ON m.repository_id = r.id AND m.digest = t.digest "
+                            "WHERE r.instance_id = :i AND r.name = :n", i=instance_id, n=repository, ref=reference)
+        if row is None:
+            return None, None
+        manifest = None
+        if row.m_digest is not None:
+            manifest = Manifest(row.m_digest, row.m_media_type, int(row.m_size), bytes(row.m_content))
+        return _repository(row), manifest
+
     def get_manifest(self, repository_id: int, reference: str, by_digest: bool) -> Manifest | None:
         if by_digest:
             row = self._one("SELECT digest, media_type, size, content FROM manifests "
@@ -645,6 +688,16 @@ class MetadataStore:
                 "VALUES (:at, :account_id, :actor, :action, :resource, :source, :detail)"),
                 {"at": now(), "account_id": account_id, "actor": actor, "action": action, "resource": resource,
                  "source": source_address, "detail": json.dumps(detail or {})})
+
+
+class Row(dict[str, Any]):
+    """A result row whose columns read as attributes, like SQLAlchemy's rows."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
+    return Row(zip((column[0] for column in cursor.description), values))
 
 
 def _instance(row: Any) -> Instance:

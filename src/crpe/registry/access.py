@@ -78,7 +78,7 @@ class Call:
         return self.claims is not None and not self.claims.anonymous
 
     def challenge(self, scope: str | None = None, error: str | None = None) -> dict[str, str]:
-        scheme = self.request.url.scheme
+        scheme = self.request.scope.get("scheme", "http")
         value = f'Bearer realm="{scheme}://{self.host}/auth/token",service="{self.service}"'
         if scope:
             value += f',scope="{scope}"'
@@ -112,8 +112,9 @@ def _authenticate(call: Call) -> AccessClaims | None:
     if scheme.lower() == "basic":
         # Basic credentials straight on /v2/ act like a token for the repository the request names.
         return None
-    raise Unauthorized(f"authorization scheme {scheme!r} is not supported; use a bearer token from "
-                       f"{call.request.url.scheme}://{call.host}/auth/token", headers=call.challenge())
+    realm = f"{call.request.scope.get('scheme', 'http')}://{call.host}/auth/token"
+    raise Unauthorized(f"authorization scheme {scheme!r} is not supported; use a bearer token from {realm}",
+                       headers=call.challenge())
 
 
 def resolve_instance(call: Call, repository: str | None) -> Instance:

@@ -40,10 +40,8 @@ async def get_manifest(call: Call, name: str, reference: str, head: bool) -> Res
     validate_repository(name)
     by_digest = _check_reference(reference, name)
     instance = resolve_instance(call, name)
-    store = call.services.store
-    repository = store.get_repository(instance.id, name)
+    repository, manifest = call.services.store.find_manifest(instance.id, name, reference, by_digest)
     authorize(call, instance, name, policy.Action.PULL, repository, existence_check=head)
-    manifest = store.get_manifest(repository.id, reference, by_digest) if repository else None
     if manifest is None:
         raise ManifestUnknown(f"manifest {reference} is not in repository {name}",
                               detail={"name": name, "reference": reference})

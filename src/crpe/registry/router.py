@@ -59,13 +59,13 @@ async def handle(request: Request, services: Services, endpoint: RegistryEndpoin
         request_id = uuid.uuid4().hex[:12]
         log.exception("request failed", extra={"http.request.id": request_id,
                                                "http.request.method": request.method,
-                                               "http.request.uri": request.url.path})
+                                               "http.request.uri": request.scope["path"]})
         return error_response(RegistryError(f"internal error; the server log has details under request id "
                                             f"{request_id}"), head)
 
 
 async def _dispatch(call: Call) -> Response:
-    method, path = call.request.method, call.request.url.path
+    method, path = call.request.method, call.request.scope["path"]
     if path == "/auth/token":
         _require_method(method, path, ("GET", "POST"))
         return await token_routes.token(call)
