@@ -17,6 +17,7 @@ from crpe.registry.access import address_in
 from crpe.services import Services
 from crpe.settings import Settings, from_environment
 
+
 class CrpeApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

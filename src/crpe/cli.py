@@ -6,7 +6,7 @@ import base64
 import json
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 import httpx
@@ -41,7 +41,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     json = "json"
     table = "table"
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crpe import policy
-from crpe.endpoints import (
-    ControlPlaneHost, EndpointKind, Network, RegistryEndpoint, endpoint_host, parse_host,
-)
+from crpe.endpoints import ControlPlaneHost, EndpointKind, Network, RegistryEndpoint, endpoint_host, parse_host
 
 
 @dataclass(frozen=True)

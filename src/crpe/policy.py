@@ -65,18 +65,25 @@ class Decision:
 ALLOW = Decision(Outcome.ALLOW)
 
 
+HARBOR_DENIED = ("Harbor remote replication is not supported for this instance; copy images with skopeo, "
+                 "docker or oras instead")
+
+
 def is_harbor_client(user_agent: str) -> bool:
     return user_agent.lower().startswith(HARBOR_USER_AGENT)
+
+
+def outside_vpc_reason(public_host: str, vpc_host: str) -> str:
+    return (f"the VPC endpoint {vpc_host} accepts requests only from this region's VPC networks; from elsewhere "
+            f"use the public endpoint {public_host}")
 
 
 def decide(request: Request, public_host: str, vpc_host: str) -> Decision:
     """Apply the endpoint rules to `request`; the hosts name the endpoints to suggest in messages."""
     if request.vpc_endpoint and not request.from_vpc_network:
-        return Decision(Outcome.DENY, f"the VPC endpoint {vpc_host} accepts requests only from this region's "
-                                      f"VPC networks; from elsewhere use the public endpoint {public_host}")
+        return Decision(Outcome.DENY, outside_vpc_reason(public_host, vpc_host))
     if request.harbor_client and not request.legacy_instance:
-        return Decision(Outcome.DENY, "Harbor remote replication is not supported for this instance; "
-                                      "copy images with skopeo, docker or oras instead")
+        return Decision(Outcome.DENY, HARBOR_DENIED)
     if not request.authenticated:
         if request.action is Action.PULL and request.legacy_instance and request.repository_public:
             return ALLOW

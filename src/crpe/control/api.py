@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from crpe.control import identity_routes, instance_routes
 from crpe.control.common import ControlError
-from crpe.policy import is_harbor_client
+from crpe.policy import HARBOR_DENIED, is_harbor_client
 from crpe.services import Services
 
 log = logging.getLogger("crpe.control")
@@ -29,8 +29,7 @@ def create_control_app(services: Services) -> FastAPI:
     async def reject_harbor(request: Request, call_next):  # type: ignore[no-untyped-def]
         # Instance routes refuse Harbor for new instances only; routes naming no instance reject it outright.
         if is_harbor_client(request.headers.get("user-agent", "")) and "/instances/" not in request.url.path:
-            return JSONResponse({"error": {"code": "DENIED", "message": "Harbor remote replication is not "
-                                           "supported for this instance"}}, 403)
+            return JSONResponse({"error": {"code": "DENIED", "message": HARBOR_DENIED}}, 403)
         return await call_next(request)
 
     @app.exception_handler(ControlError)

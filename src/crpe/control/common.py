@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from crpe.auth.identity import Identity, access_key_identity
 from crpe.auth.permissions import has_any_right, may_manage
 from crpe.metadata.store import Instance
-from crpe.policy import is_harbor_client
+from crpe.policy import HARBOR_DENIED, is_harbor_client
 from crpe.services import Services
 
 # Account and sub-user names: lower-case, no "@" (it separates sub-user from account in login names).
@@ -64,7 +64,7 @@ class Context:
                                                  self.identity.statements):
             raise not_found("instance", instance_id, "list yours with `crpe instance list`")
         if is_harbor_client(self.request.headers.get("user-agent", "")) and not instance.legacy:
-            raise ControlError(403, "DENIED", "Harbor remote replication is not supported for this instance")
+            raise ControlError(403, "DENIED", HARBOR_DENIED)
         return instance
 
     def managed_instance(self, instance_id: str) -> Instance:

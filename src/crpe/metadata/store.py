@@ -697,7 +697,7 @@ class Row(dict[str, Any]):
 
 
 def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
-    return Row(zip((column[0] for column in cursor.description), values))
+    return Row(zip((column[0] for column in cursor.description), values, strict=True))
 
 
 def _instance(row: Any) -> Instance:

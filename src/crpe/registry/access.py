@@ -205,6 +205,14 @@ def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
                            headers=call.challenge(scope, error="insufficient_scope"))
 
 
+def check_network_and_client(call: Call, legacy: bool) -> None:
+    """Apply the rules that hold before any credential: VPC host names and Harbor clients."""
+    if call.endpoint.is_vpc and not call.from_vpc:
+        raise Denied(policy.outside_vpc_reason(call.public_host, call.vpc_host))
+    if policy.is_harbor_client(call.request.headers.get("user-agent", "")) and not legacy:
+        raise Denied(policy.HARBOR_DENIED)
+
+
 def require_authenticated(call: Call, instance: Instance) -> None:
     """For requests that name no repository (the catalog): any verified caller, within the endpoint rules."""
     if call.claims is None:
@@ -213,12 +221,7 @@ def require_authenticated(call: Call, instance: Instance) -> None:
             principal = basic.principal
             call.claims = AccessClaims(principal.login_name, principal.account_id, principal.sub_user_id,
                                        instance.id, call.service, float("inf"), ())
-    if call.endpoint.is_vpc and not call.from_vpc:
-        raise Denied(f"the VPC endpoint {call.vpc_host} accepts requests only from this region's VPC networks; "
-                     f"from elsewhere use the public endpoint {call.public_host}")
-    if policy.is_harbor_client(call.request.headers.get("user-agent", "")) and not instance.legacy:
-        raise Denied("Harbor remote replication is not supported for this instance; copy images with skopeo, "
-                     "docker or oras instead")
+    check_network_and_client(call, instance.legacy)
     if not call.authenticated:
         raise Unauthorized("authentication required; log in with docker login and retry",
                            headers=call.challenge("registry:catalog:*"))

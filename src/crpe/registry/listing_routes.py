@@ -8,8 +8,8 @@ from urllib.parse import urlencode
 from starlette.responses import Response
 
 from crpe import policy
-from crpe.auth.permissions import permitted_actions
 from crpe.auth.identity import principal_for
+from crpe.auth.permissions import permitted_actions
 from crpe.digests import parse_digest
 from crpe.errors import NameUnknown, RegistryError
 from crpe.registry.access import Call, authorize, require_authenticated, resolve_instance

@@ -8,9 +8,7 @@ from starlette.responses import Response
 
 from crpe import policy
 from crpe.digests import compute, is_digest, parse_digest
-from crpe.errors import (
-    DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestTooLarge, ManifestUnknown,
-)
+from crpe.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestTooLarge, ManifestUnknown
 from crpe.metadata.store import Manifest, ManifestRecord
 from crpe.registry.access import Call, authorize, resolve_instance
 from crpe.registry.manifests import parse_manifest

@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -59,8 +60,6 @@ class FileSendResponse(Response):
             await send({"type": "http.response.pathsend", "path": self.path})
             return
         # Fallback for servers without pathsend: stream in pieces from a file descriptor.
-        import anyio
-
         fd = os.open(self.path, os.O_RDONLY)
         try:
             offset = 0

@@ -14,14 +14,13 @@ import logging
 
 from starlette.responses import Response
 
-from crpe import policy
 from crpe.auth.identity import Identity, principal_for, registry_login
 from crpe.auth.permissions import permitted_actions
 from crpe.auth.scopes import Scope, parse_scopes
 from crpe.auth.tokens import InvalidToken
-from crpe.errors import Denied, RegistryError, Unauthorized
+from crpe.errors import RegistryError, Unauthorized
 from crpe.metadata.store import Instance
-from crpe.registry.access import Call, resolve_instance
+from crpe.registry.access import Call, check_network_and_client, resolve_instance
 from crpe.registry.names import validate_repository
 from crpe.registry.responses import json_response
 
@@ -48,12 +47,8 @@ async def token(call: Call) -> Response:
     if service and service != call.service:
         raise TokenRequestInvalid(f"service {service!r} is not served at this host; use service={call.service}")
     exclusive = resolve_instance(call, None) if call.endpoint.instance_id else None
-    if policy.is_harbor_client(request.headers.get("user-agent", "")) and exclusive is not None:
-        raise Denied("Harbor remote replication is not supported for this instance; copy images with skopeo, "
-                     "docker or oras instead")
-    if call.endpoint.is_vpc and not call.from_vpc:
-        raise Denied(f"the VPC endpoint {call.vpc_host} accepts requests only from this region's VPC networks; "
-                     f"from elsewhere use the public endpoint {call.public_host}")
+    # Legacy endpoints accept Harbor; the registry checks it again per instance.
+    check_network_and_client(call, legacy=exclusive is None)
 
     offline = fields.get("offline_token", "").lower() == "true" or fields.get("access_type") == "offline"
     refresh_generation: int | None = None
