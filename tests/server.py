@@ -66,12 +66,13 @@ class CrpeServer:
 
     def start(self) -> CrpeServer:
         self.port = self.port or free_port()
-        log = open(self.root / "server.log", "ab")
-        self.process = subprocess.Popen(
-            [*crpe_command(), "serve", "--data-dir", str(self.root / "data"),
-             "--listen", self.address, "--domain", self.domain, *self.extra_args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        with open(self.root / "server.log", "ab") as log:
+            # The child keeps its own descriptor of the log, so ours can close at once.
+            self.process = subprocess.Popen(
+                [*crpe_command(), "serve", "--data-dir", str(self.root / "data"),
+                 "--listen", self.address, "--domain", self.domain, *self.extra_args],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from crpe.endpoints import RegistryEndpoint
 from crpe.errors import NameInvalid, RegistryError, Unauthorized, Unsupported
 from crpe.registry import blobs, listing_routes, manifest_routes, token_routes, uploads
-from crpe.registry.access import Call, basic_identity, open_call, resolve_instance
+from crpe.registry.access import Call, basic_identity, check_network_and_client, open_call, resolve_instance
 from crpe.registry.responses import API_VERSION_HEADER, error_response, json_response
 from crpe.services import Services
 
@@ -96,6 +96,7 @@ def _base(call: Call) -> Response:
     """Answer the API version check, which is also how clients discover the token realm."""
     ok = json_response({}, headers=dict(API_VERSION_HEADER))
     exclusive = call.endpoint.instance_id is not None
+    check_network_and_client(call, legacy=not exclusive or resolve_instance(call, None).legacy)
     if call.claims is None:
         if exclusive and basic_identity(call, resolve_instance(call, None)) is not None:
             return ok
