@@ -67,7 +67,9 @@ class CrpeApp:
             await _send_json(send_logged, 404, {"errors": [{
                 "code": "NAME_UNKNOWN", "message": f"{parsed.reason}; check the registry address",
                 "detail": {"host": host}}]})
-        self.access_log.write(scope["method"], host, path, status_holder[0],
+        query = scope.get("query_string", b"")
+        uri = f"{path}?{query.decode('latin-1')}" if query else path
+        self.access_log.write(scope["method"], host, uri, status_holder[0],
                               (time.perf_counter() - started) * 1000, (scope.get("client") or ("",))[0])
 
     def _host(self, scope: Scope) -> str:

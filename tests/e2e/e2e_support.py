@@ -25,8 +25,6 @@ import httpx
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -35,8 +33,8 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}"
 
-# Only glibc's and Go's "files" sources: names missing from the sandbox hosts file fail instead of
-# falling through to DNS.
+# glibc and Go's resolver both read nsswitch.conf. With "files" as the only source, a name missing from
+# the sandbox hosts file fails to resolve instead of going to DNS.
 NSSWITCH_FILES_ONLY = """\
 passwd: files
 group: files
@@ -172,7 +170,7 @@ class ClientSandbox:
 
     `run` starts a client in a private mount namespace where /etc/hosts lists only the names added
     with `add_host` and /etc/nsswitch.conf resolves host names from files alone, so no test name
-    reaches the system DNS resolver.
+    reaches the system DNS resolver. Creating the namespace and its bind mounts needs root.
     """
 
     root: Path
@@ -248,15 +246,12 @@ class ClientSandbox:
         var_lib_containers = Path("/var/lib/containers")
         script = (f'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/nsswitch.conf && '
                   f'mount --bind "$3" {var_lib_containers} && shift 3 && exec "$@"')
-        unshare = ["unshare", "--mount", "--propagation", "private"]
-        if os.geteuid() != 0:
-            unshare.append("--map-root-user")
-        return [*unshare, "sh", "-c", script, "sh", str(self.hosts_file),
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(self.hosts_file),
                 str(self.root / "etc" / "nsswitch.conf"), str(self.root / "var-lib-containers"), *argv]
 
     def run(self, argv: Sequence[str], *, timeout: float = 600, check: bool = True,
             text: bool = True) -> subprocess.CompletedProcess:
-        """Run a client in the sandbox; with `text=False` stdout and stderr are bytes."""
+        """Run a client in the sandbox. With `text=False`, stdout and stderr are bytes."""
         # The mount point has to exist; skopeo and podman create this directory on first use anyway.
         Path("/var/lib/containers").mkdir(parents=True, exist_ok=True)
         result = subprocess.run(self.wrap(argv), check=False, capture_output=True, text=text, timeout=timeout,
@@ -304,8 +299,8 @@ class RegistryHTTP:
     """An HTTP client for one registry host name served on 127.0.0.1.
 
     Requests go to 127.0.0.1:port with the registry host name in the Host header, so nothing is
-    resolved. A 401 Bearer challenge is answered with a token from the realm it names, with Basic
-    credentials when the client has them.
+    resolved. After a 401 Bearer challenge, `request` fetches a token from the challenge's realm,
+    with Basic credentials when the client has them, and sends the request again with the token.
     """
 
     host_name: str
@@ -331,7 +326,7 @@ class RegistryHTTP:
         return f"{self.host_name}:{self.port}"
 
     def send(self, method: str, url: str, headers: dict[str, str], **kwargs) -> httpx.Response:
-        """Send one request to `url` on this registry host, without answering a challenge."""
+        """Send one request to `url` on this registry host and return the response, even a challenge."""
         parts = urlsplit(url)
         if parts.hostname != self.host_name or parts.port != self.port:
             raise AssertionError(f"request to {url} leaves the registry host {self.authority}")
@@ -350,7 +345,10 @@ class RegistryHTTP:
 
     def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
                 anonymous: bool = False, **kwargs) -> httpx.Response:
-        """Send a request, answering one Bearer challenge; a failed token request is returned as is."""
+        """Send a request with the Docker token flow.
+
+        When the token request fails, its response is returned in place of the registry's.
+        """
         url = f"http://{self.authority}{path}"
         headers = dict(headers or {})
         response = self.send(method, url, headers, **kwargs)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from e2e_support import LayoutImage, run_checked
 
-# Debian packages that the CI image needs for these tests; util-linux (unshare, mount) is essential.
-E2E_DEBIAN_PACKAGES = ("skopeo", "podman", "umoci", "mmdebstrap", "uidmap")
+# Debian packages whose programs these tests run. The tests also use unshare and mount from util-linux,
+# which every Debian system has.
+E2E_DEBIAN_PACKAGES = ("skopeo", "podman", "umoci", "mmdebstrap")
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("CRPE_E2E_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -88,6 +89,19 @@ def build_image(destination: Path) -> float:
     work = destination.parent / f"{destination.name}.build-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    try:
+        _build_layout(work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+    build_seconds = time.monotonic() - started
+    (work / "build.json").write_text(json.dumps({"build_seconds": round(build_seconds, 1)}))
+    work.rename(destination)
+    return build_seconds
+
+
+def _build_layout(work: Path) -> None:
     layout, bundle, rootfs_tar = work / "layout", work / "bundle", work / "rootfs.tar"
 
     # SOURCE_DATE_EPOCH makes the file system reproducible for one mirror state. mmdebstrap copies the
@@ -123,8 +137,3 @@ def build_image(destination: Path) -> float:
     run_checked(["umoci", "rm", "--image", f"{layout}:build"], timeout=60)
     run_checked(["umoci", "gc", "--layout", str(layout)], timeout=60)
     shutil.rmtree(bundle)
-
-    build_seconds = time.monotonic() - started
-    (work / "build.json").write_text(json.dumps({"build_seconds": round(build_seconds, 1)}))
-    work.rename(destination)
-    return build_seconds

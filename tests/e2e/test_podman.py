@@ -152,7 +152,7 @@ def test_anonymous_pull_unauthorized(pushed: Pushed, server: CrpeServer) -> None
 
 def test_login_push_v2s2_and_pull(server: CrpeServer, e2e_image: E2EImage, instance: Instance,
                                   sandbox: ClientSandbox) -> None:
-    """Credentials stored by `podman login` serve a v2s2 push and a pull; after logout the pull fails."""
+    """Credentials stored by `podman login` serve a v2s2 push and a pull. After logout, the pull fails."""
     store = sandbox.podman_storage("login")
     for host_name in (instance.public, instance.vpc):
         result = sandbox.run([*store, "login", "--tls-verify=false", "--username", instance.username,

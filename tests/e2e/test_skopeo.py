@@ -26,14 +26,7 @@ from e2e_support import (
     snapshot_tree,
     unpack_layout,
 )
-from image_build import (
-    ADDED_DIRECTORY,
-    DELETED_ADDED_FILE,
-    DELETED_DIRECTORY,
-    DELETED_FILE,
-    README_AFTER,
-    E2EImage,
-)
+from image_build import ADDED_DIRECTORY, DELETED_ADDED_FILE, DELETED_DIRECTORY, DELETED_FILE, README_AFTER, E2EImage
 from server import CrpeServer, Instance
 
 pytestmark = [pytest.mark.e2e, *require_tools("skopeo", "umoci", "mmdebstrap", "unshare")]
@@ -249,7 +242,7 @@ def test_v2s2_push_through_vpc(server: CrpeServer, e2e_image: E2EImage, instance
 
 def test_zstd_streamed_push(server: CrpeServer, e2e_image: E2EImage, instance: Instance,
                             sandbox: ClientSandbox) -> None:
-    """Recompressing to zstd makes skopeo stream each layer upload without knowing its length."""
+    """Recompressing to zstd makes skopeo 1.9 send each layer in one PATCH with chunked transfer encoding."""
     image = e2e_image.image
     digest = skopeo_push(sandbox, server, e2e_image, instance, instance.public, "team/debian-zstd", "v1",
                          "--dest-compress-format", "zstd")
@@ -293,3 +286,30 @@ def test_push_to_second_repository(pushed: Pushed, server: CrpeServer, e2e_image
             head = http.request("HEAD", f"/v2/team/debian-copy/blobs/{digest_of_blob}")
             assert head.status_code == 200, digest_of_blob
             assert head.headers["Docker-Content-Digest"] == digest_of_blob
+
+
+def test_cross_repository_mount_through_vpc(server: CrpeServer, e2e_image: E2EImage, instance: Instance,
+                                            sandbox: ClientSandbox) -> None:
+    """skopeo remembers where it pushed each layer and mounts it into the next repository of the instance."""
+    image = e2e_image.image
+    skopeo_push(sandbox, server, e2e_image, instance, instance.vpc, "team/base", "v1", "--preserve-digests")
+
+    digest_file = sandbox.root / "digest-mounted"
+    result = sandbox.skopeo("--debug", "copy", "--dest-creds", credentials(instance), "--dest-tls-verify=false",
+                            "--preserve-digests", "--digestfile", str(digest_file),
+                            f"oci:{e2e_image.layout}:{e2e_image.tag}",
+                            f"docker://{server.host(instance.vpc)}/team/mounted:v1")
+
+    assert digest_file.read_text().strip() == image.manifest_digest
+    for layer_digest in image.layer_digests:
+        mount = f"/v2/team/mounted/blobs/uploads/?from=team%2Fbase&mount={layer_digest.replace(':', '%3A')}"
+        assert f"Trying to mount {mount}" in result.stderr
+    assert result.stderr.count("... mount OK") == len(image.layer_digests)
+
+    raw = skopeo_raw_manifest(sandbox, server, instance, instance.vpc, "team/mounted:v1")
+    assert raw == image.manifest_bytes
+    with RegistryHTTP(instance.vpc, server.port, instance.username, instance.password) as http:
+        for layer in image.manifest["layers"]:
+            blob = http.request("GET", f"/v2/team/mounted/blobs/{layer['digest']}")
+            assert blob.status_code == 200, blob.text[:200]
+            assert sha256_digest(blob.content) == layer["digest"]
