@@ -176,10 +176,20 @@ async def _receive(call: Call, blobs: FilesystemBlobStore, upload: Upload,
     return offset, hasher
 
 
+def _reread(call: Call, name: str, upload: Upload) -> Upload:
+    """Read the upload again under its lock: another request may have advanced it since the first read."""
+    current = call.services.store.get_upload(upload.id, upload.repository_id)
+    if current is None:
+        raise BlobUploadUnknown(f"upload {upload.id!r} is no longer in progress for {name}; start a new one with "
+                                f"POST /v2/{name}/blobs/uploads/", detail={"upload": upload.id})
+    return current
+
+
 async def append_chunk(call: Call, name: str, upload_id: str) -> Response:
     instance, _, upload = _find_upload(call, name, upload_id)
     blobs = _blob_store(call, instance)
     with _locked(blobs, upload.id):
+        upload = _reread(call, name, upload)
         content_range = _parse_content_range(call, name, upload)
         size, hasher = await _receive(call, blobs, upload, content_range)
         await anyio.to_thread.run_sync(blobs.sync_upload, upload.id, size)
@@ -198,6 +208,7 @@ async def complete_upload(call: Call, name: str, upload_id: str) -> Response:
     parse_digest(digest)
     blobs = _blob_store(call, instance)
     with _locked(blobs, upload.id):
+        upload = _reread(call, name, upload)
         content_range = _parse_content_range(call, name, upload)
         size, hasher = await _receive(call, blobs, upload, content_range)
         return await _finish(call, instance, repository, upload, size, hasher, digest)
