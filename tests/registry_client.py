@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import httpx
-
 from server import CrpeServer, Instance
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -64,8 +63,7 @@ def manifest_bytes(document: dict[str, Any]) -> bytes:
     return json.dumps(document, indent=2).encode()
 
 
-def image_manifest(config: bytes, layers: Iterable[bytes], media_type: str = OCI_MANIFEST,
-                   **fields: Any) -> bytes:
+def image_manifest(config: bytes, layers: Iterable[bytes], media_type: str = OCI_MANIFEST, **fields: Any) -> bytes:
     """Serialize an image manifest (OCI or Docker schema 2) over the given config and layer contents."""
     docker = media_type == DOCKER_MANIFEST
     document: dict[str, Any] = {
@@ -80,12 +78,16 @@ def image_manifest(config: bytes, layers: Iterable[bytes], media_type: str = OCI
 
 def index_manifest(children: Iterable[tuple[str, bytes]], media_type: str = OCI_INDEX) -> bytes:
     """Serialize an image index or manifest list over (media type, manifest bytes) pairs."""
-    return manifest_bytes({
-        "schemaVersion": 2,
-        "mediaType": media_type,
-        "manifests": [{**descriptor(child_type, child), "platform": {"architecture": "amd64", "os": "linux"}}
-                      for child_type, child in children],
-    })
+    return manifest_bytes(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "manifests": [
+                {**descriptor(child_type, child), "platform": {"architecture": "amd64", "os": "linux"}}
+                for child_type, child in children
+            ],
+        }
+    )
 
 
 class RegistryClient:
@@ -113,13 +115,13 @@ class RegistryClient:
     def host(self, network: str) -> str:
         return self.vpc if network == "vpc" else self.public
 
-    def request_token(self, *scopes: str, host: str | None = None,
-                      auth: tuple[str, str] | None = None) -> httpx.Response:
+    def request_token(
+        self, *scopes: str, host: str | None = None, auth: tuple[str, str] | None = None
+    ) -> httpx.Response:
         """GET /auth/token with Basic credentials (the instance's login by default) for `scopes`."""
         params = [("service", self.instance.public), *(("scope", scope) for scope in scopes)]
         credentials = auth or (self.instance.username, self.instance.password)
-        return self.http.get("/auth/token", params=params, auth=credentials,
-                             headers={"Host": host or self.public})
+        return self.http.get("/auth/token", params=params, auth=credentials, headers={"Host": host or self.public})
 
     def token(self, *scopes: str) -> str:
         """Return an access token for `scopes`, cached per scope list."""
@@ -133,10 +135,18 @@ class RegistryClient:
     def repository_token(self, repository: str, actions: str = ALL_ACTIONS) -> str:
         return self.token(f"repository:{repository}:{actions}")
 
-    def request(self, method: str, path: str, *, network: str = "public", token: str | None = None,
-                repository: str | None = None, headers: dict[str, str] | None = None,
-                **kwargs: Any) -> httpx.Response:
-        """Send a registry request; `repository` fetches a token with every action on that repository."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        network: str = "public",
+        token: str | None = None,
+        repository: str | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send a registry request. Given `repository`, it uses a token with every action on that repository."""
         if repository is not None and token is None:
             token = self.repository_token(repository)
         sent = {"Host": self.host(network)}
@@ -148,18 +158,31 @@ class RegistryClient:
     def push_blob(self, repository: str, data: bytes, network: str = "public") -> str:
         """Upload `data` monolithically and return its sha256 digest."""
         digest = sha256(data)
-        response = self.request("POST", f"/v2/{repository}/blobs/uploads/", params={"digest": digest},
-                                content=data, repository=repository, network=network)
+        response = self.request(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            params={"digest": digest},
+            content=data,
+            repository=repository,
+            network=network,
+        )
         assert response.status_code == 201, response.text
         return digest
 
-    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST,
-                     network: str = "public") -> httpx.Response:
-        return self.request("PUT", f"/v2/{repository}/manifests/{reference}", content=body,
-                            headers={"Content-Type": media_type}, repository=repository, network=network)
+    def put_manifest(
+        self, repository: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST, network: str = "public"
+    ) -> httpx.Response:
+        return self.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            content=body,
+            headers={"Content-Type": media_type},
+            repository=repository,
+            network=network,
+        )
 
     def push_image(self, repository: str, tag: str, seed: str, media_type: str = OCI_MANIFEST) -> bytes:
-        """Push a config, one layer and a manifest that differ by `seed`; return the manifest bytes."""
+        """Push a config, one layer and a manifest whose content depends on `seed`, and return the manifest."""
         config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
         layer = f"layer of {seed}".encode()
         self.push_blob(repository, config)

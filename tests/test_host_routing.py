@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
-from registry_client import RegistryClient, error_code, error_message
+from registry_client import RegistryClient, control_credentials, error_code, error_message
 from server import CrpeServer, Instance
 
 UNKNOWN_ID = "zzzz0000unknown1"
@@ -56,8 +55,7 @@ def test_unknown_instance_message_names_host(server: CrpeServer, http: httpx.Cli
     assert f"no registry instance is served at {host};" in error_message(response)
 
 
-def test_unknown_instance_reveals_no_instances(server: CrpeServer, http: httpx.Client,
-                                               instance: Instance) -> None:
+def test_unknown_instance_reveals_no_instances(server: CrpeServer, http: httpx.Client, instance: Instance) -> None:
     response = get_base(http, unknown_host(server, with_port=True))
 
     assert instance.id not in response.text
@@ -80,15 +78,15 @@ def test_unknown_instance_on_manifest_path(server: CrpeServer, http: httpx.Clien
 
 
 def test_unknown_instance_token_request(server: CrpeServer, http: httpx.Client) -> None:
-    response = http.get("/auth/token", headers={"Host": unknown_host(server, with_port=True)},
-                        auth=("admin", "Secret-pass-1"))
+    response = http.get(
+        "/auth/token", headers={"Host": unknown_host(server, with_port=True)}, auth=("admin", "Secret-pass-1")
+    )
 
     assert response.status_code == 404
     assert error_code(response) == "NAME_UNKNOWN"
 
 
-def test_instance_under_other_region_like_unknown(server: CrpeServer, http: httpx.Client,
-                                                  instance: Instance) -> None:
+def test_instance_under_other_region_like_unknown(server: CrpeServer, http: httpx.Client, instance: Instance) -> None:
     """An existing instance under another region's host name must be indistinguishable from a missing one."""
     wrong_region = server.host(f"crpi-{instance.id}.cn-shanghai.personal.cr.{server.domain}")
     unknown = unknown_host(server, with_port=True)
@@ -98,8 +96,9 @@ def test_instance_under_other_region_like_unknown(server: CrpeServer, http: http
 
     assert wrong_response.status_code == unknown_response.status_code
     assert error_code(wrong_response) == error_code(unknown_response)
-    assert (error_message(wrong_response).replace(wrong_region, "<host>")
-            == error_message(unknown_response).replace(unknown, "<host>"))
+    assert error_message(wrong_response).replace(wrong_region, "<host>") == error_message(unknown_response).replace(
+        unknown, "<host>"
+    )
 
 
 def test_instance_under_other_region_vpc(server: CrpeServer, http: httpx.Client, instance: Instance) -> None:
@@ -117,8 +116,11 @@ def test_unserved_region(server: CrpeServer, http: httpx.Client, instance: Insta
     assert "'xx-nowhere-1' is not served" in error_message(response)
 
 
-@pytest.mark.parametrize("host", ["registry.example.com", "registry.example.com:5000", "crpe.test.example.com"],
-                         ids=["no-port", "port", "domain-as-prefix"])
+@pytest.mark.parametrize(
+    "host",
+    ["registry.example.com", "registry.example.com:5000", "crpe.test.example.com"],
+    ids=["no-port", "port", "domain-as-prefix"],
+)
 def test_foreign_domain(http: httpx.Client, host: str) -> None:
     response = get_base(http, host)
 
@@ -138,21 +140,22 @@ def test_malformed_instance_label(server: CrpeServer, http: httpx.Client) -> Non
 
 @pytest.mark.parametrize("network", ["public", "vpc"])
 @pytest.mark.parametrize("with_port", [True, False], ids=["port", "no-port"])
-def test_instance_host_reaches_instance(server: CrpeServer, http: httpx.Client, instance: Instance,
-                                        network: str, with_port: bool) -> None:
+def test_instance_host_reaches_instance(
+    server: CrpeServer, http: httpx.Client, instance: Instance, network: str, with_port: bool
+) -> None:
     name = instance.public if network == "public" else instance.vpc
     host = server.host(name) if with_port else name
 
     response = get_base(http, host)
 
     assert response.status_code == 401
-    assert (response.headers["WWW-Authenticate"]
-            == f'Bearer realm="http://{host}/auth/token",service="{instance.public}"')
+    assert (
+        response.headers["WWW-Authenticate"] == f'Bearer realm="http://{host}/auth/token",service="{instance.public}"'
+    )
 
 
 @pytest.mark.parametrize("spelling", ["upper", "trailing-dot"])
-def test_instance_host_spellings(server: CrpeServer, http: httpx.Client, instance: Instance,
-                                 spelling: str) -> None:
+def test_instance_host_spellings(server: CrpeServer, http: httpx.Client, instance: Instance, spelling: str) -> None:
     name = instance.public.upper() if spelling == "upper" else instance.public + "."
 
     response = http.get("/v2/", headers={"Host": server.host(name)}, auth=(instance.username, instance.password))
@@ -161,11 +164,23 @@ def test_instance_host_spellings(server: CrpeServer, http: httpx.Client, instanc
 
 
 def test_base_with_basic_credentials(server: CrpeServer, http: httpx.Client, instance: Instance) -> None:
-    response = http.get("/v2/", headers={"Host": server.host(instance.public)},
-                        auth=(instance.username, instance.password))
+    response = http.get(
+        "/v2/", headers={"Host": server.host(instance.public)}, auth=(instance.username, instance.password)
+    )
 
     assert response.status_code == 200
     assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+def test_forwarded_host_from_untrusted_peer_ignored(server: CrpeServer, http: httpx.Client, instance: Instance) -> None:
+    """Without CRPE_TRUSTED_PROXIES, X-Forwarded-Host cannot redirect a request to another host name."""
+    response = http.get(
+        "/v2/",
+        auth=(instance.username, instance.password),
+        headers={"Host": server.host(instance.public), "X-Forwarded-Host": unknown_host(server, with_port=True)},
+    )
+
+    assert response.status_code == 200
 
 
 def test_healthz_on_any_host(http: httpx.Client) -> None:
@@ -175,15 +190,15 @@ def test_healthz_on_any_host(http: httpx.Client) -> None:
 
 
 def test_control_plane_serves_regions(server: CrpeServer, http: httpx.Client) -> None:
-    response = http.get("/api/v1/regions", headers={"Host": server.address})
+    response = http.get("/api/v1/regions", headers={"Host": server.address}, auth=control_credentials(server))
 
     assert response.status_code == 200
     assert {"id": "cn-hangzhou", "name": "China (Hangzhou)"} in response.json()
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "crpe.test", "cr.crpe.test", "localhost"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "crpe.test", "cr.crpe.test", "localhost", "[::1]"])
 def test_control_plane_host_names(server: CrpeServer, http: httpx.Client, host: str) -> None:
-    response = http.get("/api/v1/regions", headers={"Host": server.host(host)})
+    response = http.get("/api/v1/regions", headers={"Host": server.host(host)}, auth=control_credentials(server))
 
     assert response.status_code == 200
 

@@ -1,4 +1,4 @@
-"""Unit tests of the endpoint rules (crpe.policy.decide) as one table; no server."""
+"""Unit tests of the endpoint rules in crpe.policy.decide as one table, without a server."""
 
 from __future__ import annotations
 
@@ -56,10 +56,15 @@ class Case:
 
     def request(self) -> Request:
         return Request(
-            action=self.action, authenticated=self.authenticated, legacy_instance=self.legacy,
-            vpc_endpoint=self.vpc_endpoint, from_vpc_network=self.from_vpc_network,
-            repository_public=self.public_repository, harbor_client=self.harbor,
-            existence_check=self.existence_check, caller_may_push=self.caller_may_push,
+            action=self.action,
+            authenticated=self.authenticated,
+            legacy_instance=self.legacy,
+            vpc_endpoint=self.vpc_endpoint,
+            from_vpc_network=self.from_vpc_network,
+            repository_public=self.public_repository,
+            harbor_client=self.harbor,
+            existence_check=self.existence_check,
+            caller_may_push=self.caller_may_push,
             public_endpoint_pull_allowed=self.public_endpoint_pull_allowed,
         )
 
@@ -92,12 +97,20 @@ CASES = [
     Case(NEW, VPC, AUTH, PUSH, ALLOW),
     Case(NEW, PUBLIC, AUTH, DELETE, ALLOW),
     Case(NEW, VPC, AUTH, DELETE, ALLOW),
-    # The VPC endpoint serves only the region's VPC networks, whoever asks.
+    # The VPC endpoint serves requests only from the region's VPC networks, authenticated or not.
     Case(NEW, VPC, AUTH, PULL, DENY, from_vpc_network=False, message_names=(PUBLIC_HOST, VPC_HOST)),
     Case(NEW, VPC, AUTH, PUSH, DENY, from_vpc_network=False, message_names=(PUBLIC_HOST, VPC_HOST)),
     Case(NEW, VPC, ANON, PULL, DENY, from_vpc_network=False, message_names=(PUBLIC_HOST, VPC_HOST)),
-    Case(NEW, VPC, AUTH, PULL, DENY, from_vpc_network=False, public_endpoint_pull_allowed=True,
-         message_names=(PUBLIC_HOST, VPC_HOST)),
+    Case(
+        NEW,
+        VPC,
+        AUTH,
+        PULL,
+        DENY,
+        from_vpc_network=False,
+        public_endpoint_pull_allowed=True,
+        message_names=(PUBLIC_HOST, VPC_HOST),
+    ),
     # Harbor replication is refused on new instances, on both endpoints.
     Case(NEW, PUBLIC, AUTH, PULL, DENY, harbor=True, message_part="Harbor remote replication is not supported"),
     Case(NEW, PUBLIC, AUTH, PUSH, DENY, harbor=True, message_part="Harbor remote replication is not supported"),
@@ -109,8 +122,7 @@ CASES = [
     Case(LEGACY, PUBLIC, ANON, PULL, CHALLENGE, message_part="authentication required"),
     Case(LEGACY, VPC, ANON, PULL, CHALLENGE, message_part="authentication required"),
     Case(LEGACY, PUBLIC, ANON, PUSH, CHALLENGE, public_repository=True, message_part="authentication required"),
-    Case(LEGACY, PUBLIC, ANON, DELETE, CHALLENGE, public_repository=True,
-         message_part="authentication required"),
+    Case(LEGACY, PUBLIC, ANON, DELETE, CHALLENGE, public_repository=True, message_part="authentication required"),
     Case(LEGACY, PUBLIC, AUTH, PULL, ALLOW),
     Case(LEGACY, VPC, AUTH, PULL, ALLOW),
     Case(LEGACY, PUBLIC, AUTH, PUSH, ALLOW),
@@ -119,8 +131,16 @@ CASES = [
     Case(LEGACY, PUBLIC, AUTH, PULL, ALLOW, harbor=True),
     Case(LEGACY, VPC, AUTH, PUSH, ALLOW, harbor=True),
     Case(LEGACY, VPC, AUTH, PULL, DENY, from_vpc_network=False, message_names=(PUBLIC_HOST, VPC_HOST)),
-    Case(LEGACY, VPC, ANON, PULL, DENY, from_vpc_network=False, public_repository=True,
-         message_names=(PUBLIC_HOST, VPC_HOST)),
+    Case(
+        LEGACY,
+        VPC,
+        ANON,
+        PULL,
+        DENY,
+        from_vpc_network=False,
+        public_repository=True,
+        message_names=(PUBLIC_HOST, VPC_HOST),
+    ),
 ]
 
 
@@ -143,12 +163,15 @@ def test_case_ids_unique() -> None:
     assert len(ids) == len(set(ids))
 
 
-@pytest.mark.parametrize(("user_agent", "expected"), [
-    pytest.param("harbor-registry-client/2.10.0", True, id="harbor-2"),
-    pytest.param("Harbor-Registry-Client", True, id="harbor-upper-case"),
-    pytest.param("docker/27.0.3 go/go1.22.5", False, id="docker"),
-    pytest.param("containers/5.32.2 (github.com/containers/image)", False, id="skopeo"),
-    pytest.param("", False, id="empty"),
-])
+@pytest.mark.parametrize(
+    ("user_agent", "expected"),
+    [
+        pytest.param("harbor-registry-client/2.10.0", True, id="harbor-2"),
+        pytest.param("Harbor-Registry-Client", True, id="harbor-upper-case"),
+        pytest.param("docker/27.0.3 go/go1.22.5", False, id="docker"),
+        pytest.param("containers/5.32.2 (github.com/containers/image)", False, id="skopeo"),
+        pytest.param("", False, id="empty"),
+    ],
+)
 def test_is_harbor_client(user_agent: str, expected: bool) -> None:
     assert is_harbor_client(user_agent) is expected

@@ -11,11 +11,24 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-
 from registry_client import (
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, EMPTY_CONTENT, EMPTY_DIGEST, HARBOR_USER_AGENT, OCI_EMPTY, OCI_INDEX,
-    OCI_MANIFEST, RegistryClient, descriptor, error_code, error_message, image_manifest, index_manifest,
-    manifest_bytes, sha256, sha512,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    EMPTY_CONTENT,
+    EMPTY_DIGEST,
+    HARBOR_USER_AGENT,
+    OCI_EMPTY,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    RegistryClient,
+    descriptor,
+    error_code,
+    error_message,
+    image_manifest,
+    index_manifest,
+    manifest_bytes,
+    sha256,
+    sha512,
 )
 from server import CrpeServer
 
@@ -48,11 +61,17 @@ def pushed(registry: RegistryClient) -> dict[str, object]:
     manifest = image_manifest(config, [layer])
     response = registry.put_manifest("team/rules", "v1", manifest)
     assert response.status_code == 201, response.text
-    return {"config": config, "layer": layer, "layer_digest": sha256(layer), "manifest": manifest,
-            "manifest_digest": sha256(manifest)}
+    return {
+        "config": config,
+        "layer": layer,
+        "layer_digest": sha256(layer),
+        "manifest": manifest,
+        "manifest_digest": sha256(manifest),
+    }
 
 
 # New-instance endpoint rules.
+
 
 def test_anonymous_pull_challenged(registry: RegistryClient, pushed: dict) -> None:
     response = registry.request("GET", "/v2/team/rules/manifests/v1", network="vpc")
@@ -64,9 +83,11 @@ def test_anonymous_pull_challenged(registry: RegistryClient, pushed: dict) -> No
 def test_anonymous_pull_challenge_scope(registry: RegistryClient, pushed: dict) -> None:
     response = registry.request("GET", "/v2/team/rules/manifests/v1")
 
-    assert (response.headers["WWW-Authenticate"]
-            == f'Bearer realm="http://{registry.public}/auth/token",service="{registry.instance.public}",'
-               'scope="repository:team/rules:pull"')
+    assert (
+        response.headers["WWW-Authenticate"]
+        == f'Bearer realm="http://{registry.public}/auth/token",service="{registry.instance.public}",'
+        'scope="repository:team/rules:pull"'
+    )
 
 
 def test_anonymous_pull_message_names_vpc(registry: RegistryClient, pushed: dict) -> None:
@@ -79,8 +100,11 @@ def test_anonymous_pull_token_refused(registry: RegistryClient, pushed: dict) ->
     challenge = registry.request("GET", "/v2/team/rules/manifests/v1").headers["WWW-Authenticate"]
     assert 'scope="repository:team/rules:pull"' in challenge
 
-    response = registry.http.get("/auth/token", headers={"Host": registry.public},
-                                 params={"service": registry.instance.public, "scope": "repository:team/rules:pull"})
+    response = registry.http.get(
+        "/auth/token",
+        headers={"Host": registry.public},
+        params={"service": registry.instance.public, "scope": "repository:team/rules:pull"},
+    )
 
     assert response.status_code == 401
     assert "token" not in response.json()
@@ -88,8 +112,7 @@ def test_anonymous_pull_token_refused(registry: RegistryClient, pushed: dict) ->
 
 @pytest.mark.parametrize("kind", ["manifest", "blob"])
 def test_public_pull_denied(registry: RegistryClient, pushed: dict, kind: str) -> None:
-    path = ("/v2/team/rules/manifests/v1" if kind == "manifest"
-            else f"/v2/team/rules/blobs/{pushed['layer_digest']}")
+    path = "/v2/team/rules/manifests/v1" if kind == "manifest" else f"/v2/team/rules/blobs/{pushed['layer_digest']}"
 
     response = registry.request("GET", path, repository="team/rules")
 
@@ -106,8 +129,7 @@ def test_public_tag_list_denied(registry: RegistryClient, pushed: dict) -> None:
 
 
 def test_public_referrers_denied(registry: RegistryClient, pushed: dict) -> None:
-    response = registry.request("GET", f"/v2/team/rules/referrers/{pushed['manifest_digest']}",
-                                repository="team/rules")
+    response = registry.request("GET", f"/v2/team/rules/referrers/{pushed['manifest_digest']}", repository="team/rules")
 
     assert response.status_code == 403
     assert error_code(response) == "DENIED"
@@ -121,8 +143,9 @@ def test_vpc_pull_manifest(registry: RegistryClient, pushed: dict) -> None:
 
 
 def test_vpc_pull_blob(registry: RegistryClient, pushed: dict) -> None:
-    response = registry.request("GET", f"/v2/team/rules/blobs/{pushed['layer_digest']}", network="vpc",
-                                repository="team/rules")
+    response = registry.request(
+        "GET", f"/v2/team/rules/blobs/{pushed['layer_digest']}", network="vpc", repository="team/rules"
+    )
 
     assert response.status_code == 200
     assert response.content == pushed["layer"]
@@ -174,8 +197,14 @@ def test_public_head_blob_pull_only_denied(registry: RegistryClient, pushed: dic
 def test_push_blob_monolithic(registry: RegistryClient, network: str) -> None:
     data = f"monolithic blob via {network}".encode()
 
-    response = registry.request("POST", "/v2/team/push/blobs/uploads/", params={"digest": sha256(data)},
-                                content=data, network=network, repository="team/push")
+    response = registry.request(
+        "POST",
+        "/v2/team/push/blobs/uploads/",
+        params={"digest": sha256(data)},
+        content=data,
+        network=network,
+        repository="team/push",
+    )
 
     assert response.status_code == 201
 
@@ -183,11 +212,13 @@ def test_push_blob_monolithic(registry: RegistryClient, network: str) -> None:
 @pytest.mark.parametrize("network", ["public", "vpc"])
 def test_push_blob_post_put(registry: RegistryClient, network: str) -> None:
     data = f"two-step blob via {network}".encode()
-    location = registry.request("POST", "/v2/team/push/blobs/uploads/", network=network,
-                                repository="team/push").headers["Location"]
+    location = registry.request(
+        "POST", "/v2/team/push/blobs/uploads/", network=network, repository="team/push"
+    ).headers["Location"]
 
-    response = registry.request("PUT", location, params={"digest": sha256(data)}, content=data, network=network,
-                                repository="team/push")
+    response = registry.request(
+        "PUT", location, params={"digest": sha256(data)}, content=data, network=network, repository="team/push"
+    )
 
     assert response.status_code == 201
 
@@ -222,8 +253,13 @@ def test_delete_needs_delete_action(registry: RegistryClient, pushed: dict) -> N
 
 @pytest.mark.parametrize("network", ["public", "vpc"])
 def test_harbor_pull_denied(registry: RegistryClient, pushed: dict, network: str) -> None:
-    response = registry.request("GET", "/v2/team/rules/manifests/v1", network=network, repository="team/rules",
-                                headers={"User-Agent": HARBOR_USER_AGENT})
+    response = registry.request(
+        "GET",
+        "/v2/team/rules/manifests/v1",
+        network=network,
+        repository="team/rules",
+        headers={"User-Agent": HARBOR_USER_AGENT},
+    )
 
     assert response.status_code == 403
     assert error_code(response) == "DENIED"
@@ -231,8 +267,9 @@ def test_harbor_pull_denied(registry: RegistryClient, pushed: dict, network: str
 
 
 def test_harbor_push_denied(registry: RegistryClient) -> None:
-    response = registry.request("POST", "/v2/team/push/blobs/uploads/", repository="team/push",
-                                headers={"User-Agent": HARBOR_USER_AGENT})
+    response = registry.request(
+        "POST", "/v2/team/push/blobs/uploads/", repository="team/push", headers={"User-Agent": HARBOR_USER_AGENT}
+    )
 
     assert response.status_code == 403
     assert error_code(response) == "DENIED"
@@ -240,28 +277,76 @@ def test_harbor_push_denied(registry: RegistryClient) -> None:
 
 
 def test_harbor_catalog_denied(registry: RegistryClient) -> None:
-    response = registry.request("GET", "/v2/_catalog", network="vpc", token=registry.token("registry:catalog:*"),
-                                headers={"User-Agent": HARBOR_USER_AGENT})
+    response = registry.request(
+        "GET",
+        "/v2/_catalog",
+        network="vpc",
+        token=registry.token("registry:catalog:*"),
+        headers={"User-Agent": HARBOR_USER_AGENT},
+    )
 
     assert response.status_code == 403
     assert error_code(response) == "DENIED"
 
 
-def test_vpc_from_outside_denied(make_server) -> None:
-    server = make_server(CRPE_VPC_NETWORKS="10.0.0.0/8")
-    registry = RegistryClient(server, server.create_instance("cn-hangzhou"))
+@pytest.fixture(scope="module")
+def outside_vpc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryClient]:
+    """An instance on a dedicated server whose only VPC network is 10.0.0.0/8, so 127.0.0.1 is outside it."""
+    server = CrpeServer(tmp_path_factory.mktemp("outside-vpc"), extra_env={"CRPE_VPC_NETWORKS": "10.0.0.0/8"})
+    server.start()
     try:
-        pull = registry.request("GET", "/v2/team/x/manifests/latest", network="vpc", repository="team/x")
-        push = registry.request("POST", "/v2/team/x/blobs/uploads/", network="vpc", repository="team/x")
-        public_push = registry.request("POST", "/v2/team/x/blobs/uploads/", repository="team/x")
+        client = RegistryClient(server, server.create_instance("cn-hangzhou"))
+        yield client
+        client.close()
     finally:
-        registry.close()
+        server.stop()
 
-    assert pull.status_code == 403
-    assert error_code(pull) == "DENIED"
-    assert registry.instance.public in error_message(pull)
-    assert push.status_code == 403
-    assert public_push.status_code == 202
+
+def test_vpc_from_outside_pull_denied(outside_vpc: RegistryClient) -> None:
+    response = outside_vpc.request("GET", "/v2/team/x/manifests/latest", network="vpc", repository="team/x")
+
+    assert response.status_code == 403
+    assert error_code(response) == "DENIED"
+    assert outside_vpc.instance.public in error_message(response)
+    assert outside_vpc.instance.vpc in error_message(response)
+
+
+def test_vpc_from_outside_push_denied(outside_vpc: RegistryClient) -> None:
+    response = outside_vpc.request("POST", "/v2/team/x/blobs/uploads/", network="vpc", repository="team/x")
+
+    assert response.status_code == 403
+    assert error_code(response) == "DENIED"
+
+
+def test_vpc_from_outside_token_denied(outside_vpc: RegistryClient) -> None:
+    response = outside_vpc.request_token("repository:team/x:pull", host=outside_vpc.vpc)
+
+    assert response.status_code == 403
+    assert error_code(response) == "DENIED"
+
+
+def test_vpc_from_outside_base_denied(outside_vpc: RegistryClient) -> None:
+    """The API version check is a request to the VPC endpoint like any other, so it is refused too."""
+    response = outside_vpc.request("GET", "/v2/", network="vpc", token=outside_vpc.token())
+
+    assert response.status_code == 403
+    assert error_code(response) == "DENIED"
+
+
+def test_vpc_from_outside_public_push(outside_vpc: RegistryClient) -> None:
+    response = outside_vpc.request("POST", "/v2/team/x/blobs/uploads/", repository="team/x")
+
+    assert response.status_code == 202
+
+
+def test_forwarded_for_from_untrusted_peer_ignored(outside_vpc: RegistryClient) -> None:
+    """Without CRPE_TRUSTED_PROXIES, a client cannot claim a VPC address in X-Forwarded-For."""
+    response = outside_vpc.request(
+        "POST", "/v2/team/x/blobs/uploads/", network="vpc", repository="team/x", headers={"X-Forwarded-For": "10.1.2.3"}
+    )
+
+    assert response.status_code == 403
+    assert error_code(response) == "DENIED"
 
 
 def test_public_endpoint_pull_setting(make_server) -> None:
@@ -281,6 +366,7 @@ def test_public_endpoint_pull_setting(make_server) -> None:
 
 # Blobs.
 
+
 def test_head_blob_headers_match_get(registry: RegistryClient, pushed: dict) -> None:
     path = f"/v2/team/rules/blobs/{pushed['layer_digest']}"
 
@@ -294,28 +380,36 @@ def test_head_blob_headers_match_get(registry: RegistryClient, pushed: dict) -> 
 
 
 def test_get_blob_headers(registry: RegistryClient, pushed: dict) -> None:
-    response = registry.request("GET", f"/v2/team/rules/blobs/{pushed['layer_digest']}", network="vpc",
-                                repository="team/rules")
+    response = registry.request(
+        "GET", f"/v2/team/rules/blobs/{pushed['layer_digest']}", network="vpc", repository="team/rules"
+    )
 
     assert response.headers["Content-Length"] == str(len(pushed["layer"]))
     assert response.headers["Docker-Content-Digest"] == pushed["layer_digest"]
     assert response.headers["Content-Type"] == "application/octet-stream"
 
 
-@pytest.mark.parametrize(("range_header", "start", "end"), [
-    ("bytes=0-9", 0, 9),
-    ("bytes=10-", 10, None),
-    ("bytes=-5", -5, None),
-    ("bytes=5-100000", 5, None),
-])
-def test_blob_range(registry: RegistryClient, pushed: dict, range_header: str, start: int,
-                    end: int | None) -> None:
+@pytest.mark.parametrize(
+    ("range_header", "start", "end"),
+    [
+        ("bytes=0-9", 0, 9),
+        ("bytes=10-", 10, None),
+        ("bytes=-5", -5, None),
+        ("bytes=5-100000", 5, None),
+    ],
+)
+def test_blob_range(registry: RegistryClient, pushed: dict, range_header: str, start: int, end: int | None) -> None:
     layer: bytes = pushed["layer"]
-    expected = layer[start:] if end is None else layer[start:end + 1]
+    expected = layer[start:] if end is None else layer[start : end + 1]
     first = start if start >= 0 else len(layer) + start
 
-    response = registry.request("GET", f"/v2/team/rules/blobs/{pushed['layer_digest']}", network="vpc",
-                                repository="team/rules", headers={"Range": range_header})
+    response = registry.request(
+        "GET",
+        f"/v2/team/rules/blobs/{pushed['layer_digest']}",
+        network="vpc",
+        repository="team/rules",
+        headers={"Range": range_header},
+    )
 
     assert response.status_code == 206
     assert response.content == expected
@@ -325,16 +419,22 @@ def test_blob_range(registry: RegistryClient, pushed: dict, range_header: str, s
 
 @pytest.mark.parametrize("range_header", ["bytes=100000-", "bytes=9-2", "bytes=-", "items=0-1"])
 def test_blob_range_unsatisfiable(registry: RegistryClient, pushed: dict, range_header: str) -> None:
-    response = registry.request("GET", f"/v2/team/rules/blobs/{pushed['layer_digest']}", network="vpc",
-                                repository="team/rules", headers={"Range": range_header})
+    response = registry.request(
+        "GET",
+        f"/v2/team/rules/blobs/{pushed['layer_digest']}",
+        network="vpc",
+        repository="team/rules",
+        headers={"Range": range_header},
+    )
 
     assert response.status_code == 416
     assert response.headers["Content-Range"] == f"bytes */{len(pushed['layer'])}"
 
 
 def test_unknown_blob(registry: RegistryClient, pushed: dict) -> None:
-    response = registry.request("GET", f"/v2/team/rules/blobs/{sha256(b'absent')}", network="vpc",
-                                repository="team/rules")
+    response = registry.request(
+        "GET", f"/v2/team/rules/blobs/{sha256(b'absent')}", network="vpc", repository="team/rules"
+    )
 
     assert response.status_code == 404
     assert error_code(response) == "BLOB_UNKNOWN"
@@ -362,31 +462,39 @@ def test_delete_blob(registry: RegistryClient) -> None:
     assert again.status_code == 404
 
 
+def test_delete_blob_keeps_other_repositories(registry: RegistryClient) -> None:
+    data = b"blob linked into two repositories"
+    digest = registry.push_blob("team/delete-a", data)
+    registry.push_blob("team/delete-b", data)
+
+    registry.request("DELETE", f"/v2/team/delete-a/blobs/{digest}", repository="team/delete-a")
+    response = registry.request("GET", f"/v2/team/delete-b/blobs/{digest}", network="vpc", repository="team/delete-b")
+
+    assert response.status_code == 200
+    assert response.content == data
+
+
 def test_blob_isolated_between_instances(registry: RegistryClient, other_registry: RegistryClient) -> None:
     data = b"blob pushed to the first instance only"
     digest = registry.push_blob("team/shared", data)
     other_registry.push_blob("team/shared", b"unrelated blob so that the repository exists")
 
-    head = other_registry.request("HEAD", f"/v2/team/shared/blobs/{digest}", network="vpc",
-                                  repository="team/shared")
-    get = other_registry.request("GET", f"/v2/team/shared/blobs/{digest}", network="vpc",
-                                 repository="team/shared")
+    head = other_registry.request("HEAD", f"/v2/team/shared/blobs/{digest}", network="vpc", repository="team/shared")
+    get = other_registry.request("GET", f"/v2/team/shared/blobs/{digest}", network="vpc", repository="team/shared")
 
     assert head.status_code == 404
     assert get.status_code == 404
     assert error_code(get) == "BLOB_UNKNOWN"
 
 
-def test_blob_content_stored_once(server: CrpeServer, registry: RegistryClient,
-                                  other_registry: RegistryClient) -> None:
+def test_blob_content_stored_once(server: CrpeServer, registry: RegistryClient, other_registry: RegistryClient) -> None:
     data = b"the same bytes pushed to two instances of one region"
     digest = registry.push_blob("team/dedup", data)
     other_registry.push_blob("team/dedup", data)
     blobs = server.root / "data" / "storage" / "cn-hangzhou" / "blobs"
 
     stored = list(blobs.rglob(digest.split(":", 1)[1]))
-    pulled = other_registry.request("GET", f"/v2/team/dedup/blobs/{digest}", network="vpc",
-                                    repository="team/dedup")
+    pulled = other_registry.request("GET", f"/v2/team/dedup/blobs/{digest}", network="vpc", repository="team/dedup")
 
     assert len(stored) == 1
     assert stored[0].read_bytes() == data
@@ -396,19 +504,28 @@ def test_blob_content_stored_once(server: CrpeServer, registry: RegistryClient,
 def test_blob_isolated_between_repositories(registry: RegistryClient, pushed: dict) -> None:
     registry.push_blob("team/elsewhere", b"makes team/elsewhere exist")
 
-    response = registry.request("HEAD", f"/v2/team/elsewhere/blobs/{pushed['layer_digest']}", network="vpc",
-                                repository="team/elsewhere")
+    response = registry.request(
+        "HEAD", f"/v2/team/elsewhere/blobs/{pushed['layer_digest']}", network="vpc", repository="team/elsewhere"
+    )
 
     assert response.status_code == 404
 
 
 # Manifests.
 
+
 def children_for_index(registry: RegistryClient, repository: str, child_type: str) -> list[tuple[str, bytes]]:
+    kind = "docker" if child_type == DOCKER_MANIFEST else "oci"
     children = []
     for architecture in ("amd64", "arm64"):
-        children.append((child_type, registry.push_image(repository, f"child-{architecture}-{child_type[-20:]}",
-                                                         f"{architecture} {child_type}", child_type)))
+        children.append(
+            (
+                child_type,
+                registry.push_image(
+                    repository, f"child-{kind}-{architecture}", f"{architecture} {child_type}", child_type
+                ),
+            )
+        )
     return children
 
 
@@ -419,8 +536,10 @@ def manifests(registry: RegistryClient) -> dict[str, bytes]:
         OCI_MANIFEST: registry.push_image("team/types", "oci", "oci image", OCI_MANIFEST),
         DOCKER_MANIFEST: registry.push_image("team/types", "docker", "docker image", DOCKER_MANIFEST),
     }
-    for media_type, tag, child_type in ((OCI_INDEX, "oci-index", OCI_MANIFEST),
-                                        (DOCKER_MANIFEST_LIST, "docker-list", DOCKER_MANIFEST)):
+    for media_type, tag, child_type in (
+        (OCI_INDEX, "oci-index", OCI_MANIFEST),
+        (DOCKER_MANIFEST_LIST, "docker-list", DOCKER_MANIFEST),
+    ):
         body = index_manifest(children_for_index(registry, "team/types", child_type), media_type)
         response = registry.put_manifest("team/types", tag, body, media_type)
         assert response.status_code == 201, response.text
@@ -451,8 +570,7 @@ def test_manifest_get_by_tag(registry: RegistryClient, manifests: dict, media_ty
 def test_manifest_get_by_digest(registry: RegistryClient, manifests: dict, media_type: str, tag: str) -> None:
     digest = sha256(manifests[media_type])
 
-    response = registry.request("GET", f"/v2/team/types/manifests/{digest}", network="vpc",
-                                repository="team/types")
+    response = registry.request("GET", f"/v2/team/types/manifests/{digest}", network="vpc", repository="team/types")
 
     assert response.status_code == 200
     assert response.content == manifests[media_type]
@@ -462,8 +580,7 @@ def test_manifest_get_by_digest(registry: RegistryClient, manifests: dict, media
 
 @pytest.mark.parametrize(("media_type", "tag"), MEDIA_TYPES)
 def test_manifest_head(registry: RegistryClient, manifests: dict, media_type: str, tag: str) -> None:
-    response = registry.request("HEAD", f"/v2/team/types/manifests/{tag}", network="vpc",
-                                repository="team/types")
+    response = registry.request("HEAD", f"/v2/team/types/manifests/{tag}", network="vpc", repository="team/types")
 
     assert response.status_code == 200
     assert response.content == b""
@@ -491,8 +608,7 @@ def test_manifest_put_by_digest(registry: RegistryClient) -> None:
     body = image_manifest(config, [])
 
     response = registry.put_manifest("team/put", sha256(body), body)
-    pulled = registry.request("GET", f"/v2/team/put/manifests/{sha256(body)}", network="vpc",
-                              repository="team/put")
+    pulled = registry.request("GET", f"/v2/team/put/manifests/{sha256(body)}", network="vpc", repository="team/put")
 
     assert response.status_code == 201
     assert pulled.content == body
@@ -529,15 +645,32 @@ def test_manifest_bytes_kept_exactly(registry: RegistryClient) -> None:
     """The registry stores the pushed bytes, not a re-serialization: odd spacing and key order survive."""
     config = b'{"exact":"bytes"}'
     registry.push_blob("team/put", config)
-    body = (b'{ "layers" : [],\n\t"schemaVersion":2, "config": ' + json.dumps(descriptor(
-        "application/vnd.oci.image.config.v1+json", config)).encode() + b',"mediaType":"' + OCI_MANIFEST.encode()
-        + b'"}\n\n')
+    body = (
+        b'{ "layers" : [],\n\t"schemaVersion":2, "config": '
+        + json.dumps(descriptor("application/vnd.oci.image.config.v1+json", config)).encode()
+        + b',"mediaType":"'
+        + OCI_MANIFEST.encode()
+        + b'"}\n\n'
+    )
 
     registry.put_manifest("team/put", "exact", body)
     pulled = registry.request("GET", "/v2/team/put/manifests/exact", network="vpc", repository="team/put")
 
     assert pulled.content == body
     assert pulled.headers["Docker-Content-Digest"] == sha256(body)
+
+
+def test_manifest_media_type_from_body(registry: RegistryClient) -> None:
+    """Without a Content-Type header the manifest's own mediaType field decides."""
+    config = b'{"content type":"absent"}'
+    registry.push_blob("team/put", config)
+    body = image_manifest(config, [], DOCKER_MANIFEST)
+
+    response = registry.request("PUT", "/v2/team/put/manifests/no-content-type", content=body, repository="team/put")
+    pulled = registry.request("GET", "/v2/team/put/manifests/no-content-type", network="vpc", repository="team/put")
+
+    assert response.status_code == 201
+    assert pulled.headers["Content-Type"] == DOCKER_MANIFEST
 
 
 def test_manifest_blob_unknown(registry: RegistryClient) -> None:
@@ -552,15 +685,17 @@ def test_manifest_blob_unknown(registry: RegistryClient) -> None:
 def test_index_child_unknown(registry: RegistryClient) -> None:
     child = image_manifest(b'{"child":"absent"}', [])
 
-    response = registry.put_manifest("team/put", "index-missing", index_manifest([(OCI_MANIFEST, child)]),
-                                     OCI_INDEX)
+    response = registry.put_manifest("team/put", "index-missing", index_manifest([(OCI_MANIFEST, child)]), OCI_INDEX)
 
     assert response.status_code == 400
     assert error_code(response) == "MANIFEST_BLOB_UNKNOWN"
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"schemaVersion": 1}', b""],
-                         ids=["broken-json", "json-array", "schema-version-1", "empty"])
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[1, 2]", b'{"schemaVersion": 1}', b""],
+    ids=["broken-json", "json-array", "schema-version-1", "empty"],
+)
 def test_manifest_invalid(registry: RegistryClient, body: bytes) -> None:
     response = registry.put_manifest("team/put", "invalid", body)
 
@@ -588,6 +723,33 @@ def test_manifest_invalid_tag(registry: RegistryClient) -> None:
     assert error_code(response) == "MANIFEST_INVALID"
 
 
+@pytest.mark.parametrize(
+    ("tag", "status"),
+    [("a" * 128, 201), ("a" * 129, 400), ("_x", 201), ("X.Y-z", 201)],
+    ids=["128-characters", "129-characters", "underscore-first", "mixed"],
+)
+def test_manifest_tag_grammar(registry: RegistryClient, tag: str, status: int) -> None:
+    config = b'{"tag":"grammar"}'
+    registry.push_blob("team/put", config)
+
+    response = registry.put_manifest("team/put", tag, image_manifest(config, []))
+
+    assert response.status_code == status
+
+
+def test_manifest_content_type_parameters(registry: RegistryClient) -> None:
+    """Media type parameters in Content-Type are accepted, and the bare media type is served back."""
+    config = b'{"content type":"with charset"}'
+    registry.push_blob("team/put", config)
+    body = image_manifest(config, [])
+
+    response = registry.put_manifest("team/put", "charset", body, f"{OCI_MANIFEST}; charset=utf-8")
+    pulled = registry.request("GET", "/v2/team/put/manifests/charset", network="vpc", repository="team/put")
+
+    assert response.status_code == 201
+    assert pulled.headers["Content-Type"] == OCI_MANIFEST
+
+
 def test_manifest_too_large(registry: RegistryClient) -> None:
     config = b'{"large":true}'
     registry.push_blob("team/large", config)
@@ -595,13 +757,33 @@ def test_manifest_too_large(registry: RegistryClient) -> None:
 
     response = registry.put_manifest("team/large", "huge", body)
     by_tag = registry.request("GET", "/v2/team/large/manifests/huge", network="vpc", repository="team/large")
-    by_digest = registry.request("GET", f"/v2/team/large/manifests/{sha256(body)}", network="vpc",
-                                 repository="team/large")
+    by_digest = registry.request(
+        "GET", f"/v2/team/large/manifests/{sha256(body)}", network="vpc", repository="team/large"
+    )
 
     assert response.status_code == 413
     assert by_tag.status_code == 404
     assert error_code(by_tag) == "MANIFEST_UNKNOWN"
     assert by_digest.status_code == 404
+
+
+def test_manifest_too_large_chunked(registry: RegistryClient) -> None:
+    """Without Content-Length the limit applies while the body streams in."""
+    config = b'{"large":"chunked"}'
+    registry.push_blob("team/large", config)
+    body = image_manifest(config, [], annotations={"padding": "y" * (4 * 1024 * 1024)})
+
+    response = registry.request(
+        "PUT",
+        "/v2/team/large/manifests/huge-chunked",
+        repository="team/large",
+        headers={"Content-Type": OCI_MANIFEST},
+        content=(body[i : i + 65536] for i in range(0, len(body), 65536)),
+    )
+    by_tag = registry.request("GET", "/v2/team/large/manifests/huge-chunked", network="vpc", repository="team/large")
+
+    assert response.status_code == 413
+    assert by_tag.status_code == 404
 
 
 def test_manifest_just_under_limit(registry: RegistryClient) -> None:
@@ -617,32 +799,35 @@ def test_manifest_just_under_limit(registry: RegistryClient) -> None:
 
 
 def test_unknown_manifest(registry: RegistryClient, pushed: dict) -> None:
-    response = registry.request("GET", "/v2/team/rules/manifests/no-such-tag", network="vpc",
-                                repository="team/rules")
+    response = registry.request("GET", "/v2/team/rules/manifests/no-such-tag", network="vpc", repository="team/rules")
 
     assert response.status_code == 404
     assert error_code(response) == "MANIFEST_UNKNOWN"
 
 
 def test_manifest_in_unknown_repository(registry: RegistryClient) -> None:
-    response = registry.request("GET", "/v2/team/never-pushed/manifests/latest", network="vpc",
-                                repository="team/never-pushed")
+    response = registry.request(
+        "GET", "/v2/team/never-pushed/manifests/latest", network="vpc", repository="team/never-pushed"
+    )
 
     assert response.status_code == 404
 
 
-def test_manifest_isolated_between_instances(registry: RegistryClient, other_registry: RegistryClient,
-                                             pushed: dict) -> None:
+def test_manifest_isolated_between_instances(
+    registry: RegistryClient, other_registry: RegistryClient, pushed: dict
+) -> None:
     other_registry.push_image("team/rules", "other", "other instance")
 
-    response = other_registry.request("GET", f"/v2/team/rules/manifests/{pushed['manifest_digest']}",
-                                      network="vpc", repository="team/rules")
+    response = other_registry.request(
+        "GET", f"/v2/team/rules/manifests/{pushed['manifest_digest']}", network="vpc", repository="team/rules"
+    )
 
     assert response.status_code == 404
     assert error_code(response) == "MANIFEST_UNKNOWN"
 
 
 # Tags.
+
 
 @pytest.fixture(scope="module")
 def tagged(registry: RegistryClient) -> bytes:
@@ -654,8 +839,7 @@ def tagged(registry: RegistryClient) -> bytes:
 
 
 def list_tags(registry: RegistryClient, repository: str, **params: object):
-    return registry.request("GET", f"/v2/{repository}/tags/list", params=params, network="vpc",
-                            repository=repository)
+    return registry.request("GET", f"/v2/{repository}/tags/list", params=params, network="vpc", repository=repository)
 
 
 def test_tag_list(registry: RegistryClient, tagged: bytes) -> None:
@@ -728,8 +912,9 @@ def test_tag_delete_keeps_manifest(registry: RegistryClient) -> None:
     deleted = registry.request("DELETE", "/v2/team/untag/manifests/drop", repository="team/untag")
     dropped = registry.request("GET", "/v2/team/untag/manifests/drop", network="vpc", repository="team/untag")
     kept = registry.request("GET", "/v2/team/untag/manifests/keep", network="vpc", repository="team/untag")
-    by_digest = registry.request("GET", f"/v2/team/untag/manifests/{sha256(body)}", network="vpc",
-                                 repository="team/untag")
+    by_digest = registry.request(
+        "GET", f"/v2/team/untag/manifests/{sha256(body)}", network="vpc", repository="team/untag"
+    )
 
     assert deleted.status_code == 202
     assert dropped.status_code == 404
@@ -743,20 +928,47 @@ def test_manifest_delete_removes_tags(registry: RegistryClient) -> None:
     registry.put_manifest("team/unmanifest", "two", body)
     other = registry.push_image("team/unmanifest", "other", "unmanifest other")
 
-    deleted = registry.request("DELETE", f"/v2/team/unmanifest/manifests/{sha256(body)}",
-                               repository="team/unmanifest")
-    by_digest = registry.request("GET", f"/v2/team/unmanifest/manifests/{sha256(body)}", network="vpc",
-                                 repository="team/unmanifest")
-    by_tag = registry.request("GET", "/v2/team/unmanifest/manifests/one", network="vpc",
-                              repository="team/unmanifest")
-    untouched = registry.request("GET", "/v2/team/unmanifest/manifests/other", network="vpc",
-                                 repository="team/unmanifest")
+    deleted = registry.request("DELETE", f"/v2/team/unmanifest/manifests/{sha256(body)}", repository="team/unmanifest")
+    by_digest = registry.request(
+        "GET", f"/v2/team/unmanifest/manifests/{sha256(body)}", network="vpc", repository="team/unmanifest"
+    )
+    by_tag = registry.request("GET", "/v2/team/unmanifest/manifests/one", network="vpc", repository="team/unmanifest")
+    untouched = registry.request(
+        "GET", "/v2/team/unmanifest/manifests/other", network="vpc", repository="team/unmanifest"
+    )
 
     assert deleted.status_code == 202
     assert by_digest.status_code == 404
     assert by_tag.status_code == 404
     assert untouched.content == other
     assert list_tags(registry, "team/unmanifest").json()["tags"] == ["other"]
+
+
+def test_manifest_delete_keeps_blobs(registry: RegistryClient) -> None:
+    config = b'{"blobs":"outlive their manifest"}'
+    registry.push_blob("team/unmanifest", config)
+    body = image_manifest(config, [])
+    registry.put_manifest("team/unmanifest", "short-lived", body)
+
+    registry.request("DELETE", f"/v2/team/unmanifest/manifests/{sha256(body)}", repository="team/unmanifest")
+    pulled = registry.request(
+        "GET", f"/v2/team/unmanifest/blobs/{sha256(config)}", network="vpc", repository="team/unmanifest"
+    )
+
+    assert pulled.status_code == 200
+    assert pulled.content == config
+
+
+def test_manifest_delete_twice(registry: RegistryClient) -> None:
+    body = registry.push_image("team/unmanifest", "twice", "deleted twice")
+    path = f"/v2/team/unmanifest/manifests/{sha256(body)}"
+
+    first = registry.request("DELETE", path, repository="team/unmanifest")
+    second = registry.request("DELETE", path, repository="team/unmanifest")
+
+    assert first.status_code == 202
+    assert second.status_code == 404
+    assert error_code(second) == "MANIFEST_UNKNOWN"
 
 
 def test_delete_unknown_tag(registry: RegistryClient, tagged: bytes) -> None:
@@ -771,14 +983,14 @@ def test_retag_moves_tag(registry: RegistryClient) -> None:
     second = registry.push_image("team/retag", "latest", "retag second")
 
     pulled = registry.request("GET", "/v2/team/retag/manifests/latest", network="vpc", repository="team/retag")
-    old = registry.request("GET", f"/v2/team/retag/manifests/{sha256(first)}", network="vpc",
-                           repository="team/retag")
+    old = registry.request("GET", f"/v2/team/retag/manifests/{sha256(first)}", network="vpc", repository="team/retag")
 
     assert pulled.content == second
     assert old.content == first
 
 
 # Referrers.
+
 
 @pytest.fixture(scope="module")
 def referrers(registry: RegistryClient) -> dict[str, object]:
@@ -787,16 +999,22 @@ def referrers(registry: RegistryClient) -> dict[str, object]:
     empty_digest = registry.push_blob("team/refs", EMPTY_CONTENT)
     assert empty_digest == EMPTY_DIGEST
     artifacts = {}
-    for artifact_type, payload in (("application/vnd.example.signature", b"signature bytes"),
-                                   ("application/vnd.example.sbom+json", b'{"sbom":[]}')):
+    for artifact_type, payload in (
+        ("application/vnd.example.signature", b"signature bytes"),
+        ("application/vnd.example.sbom+json", b'{"sbom":[]}'),
+    ):
         registry.push_blob("team/refs", payload)
-        body = manifest_bytes({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
-            "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
-            "layers": [descriptor("application/octet-stream", payload)],
-            "subject": descriptor(OCI_MANIFEST, subject),
-            "annotations": {"org.example.kind": artifact_type.rsplit(".", 1)[1]},
-        })
+        body = manifest_bytes(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": artifact_type,
+                "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+                "layers": [descriptor("application/octet-stream", payload)],
+                "subject": descriptor(OCI_MANIFEST, subject),
+                "annotations": {"org.example.kind": artifact_type.rsplit(".", 1)[1]},
+            }
+        )
         response = registry.put_manifest("team/refs", sha256(body), body)
         assert response.status_code == 201, response.text
         artifacts[artifact_type] = {"body": body, "response": response}
@@ -804,13 +1022,13 @@ def referrers(registry: RegistryClient) -> dict[str, object]:
 
 
 def list_referrers(registry: RegistryClient, digest: str, **params: str):
-    return registry.request("GET", f"/v2/team/refs/referrers/{digest}", params=params, network="vpc",
-                            repository="team/refs")
+    return registry.request(
+        "GET", f"/v2/team/refs/referrers/{digest}", params=params, network="vpc", repository="team/refs"
+    )
 
 
 def test_empty_descriptor_blob(registry: RegistryClient, referrers: dict) -> None:
-    response = registry.request("GET", f"/v2/team/refs/blobs/{EMPTY_DIGEST}", network="vpc",
-                                repository="team/refs")
+    response = registry.request("GET", f"/v2/team/refs/blobs/{EMPTY_DIGEST}", network="vpc", repository="team/refs")
 
     assert response.content == b"{}"
     assert response.headers["Content-Length"] == "2"
@@ -827,10 +1045,18 @@ def test_referrers_list(registry: RegistryClient, referrers: dict) -> None:
     response = list_referrers(registry, sha256(referrers["subject"]))
     index = response.json()
     expected = sorted(
-        ({"mediaType": OCI_MANIFEST, "digest": sha256(artifact["body"]), "size": len(artifact["body"]),
-          "artifactType": artifact_type, "annotations": {"org.example.kind": artifact_type.rsplit(".", 1)[1]}}
-         for artifact_type, artifact in referrers["artifacts"].items()),
-        key=lambda item: item["digest"])
+        (
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": sha256(artifact["body"]),
+                "size": len(artifact["body"]),
+                "artifactType": artifact_type,
+                "annotations": {"org.example.kind": artifact_type.rsplit(".", 1)[1]},
+            }
+            for artifact_type, artifact in referrers["artifacts"].items()
+        ),
+        key=lambda item: item["digest"],
+    )
 
     assert response.status_code == 200
     assert response.headers["Content-Type"] == OCI_INDEX
@@ -843,8 +1069,7 @@ def test_referrers_list(registry: RegistryClient, referrers: dict) -> None:
 def test_referrers_filtered(registry: RegistryClient, referrers: dict) -> None:
     signature = referrers["artifacts"]["application/vnd.example.signature"]["body"]
 
-    response = list_referrers(registry, sha256(referrers["subject"]),
-                              artifactType="application/vnd.example.signature")
+    response = list_referrers(registry, sha256(referrers["subject"]), artifactType="application/vnd.example.signature")
 
     assert response.status_code == 200
     assert [item["digest"] for item in response.json()["manifests"]] == [sha256(signature)]
@@ -883,12 +1108,16 @@ def test_referrer_before_subject(registry: RegistryClient) -> None:
     """A referrer may be pushed before its subject exists."""
     subject = image_manifest(b'{"subject":"pushed later"}', [])
     registry.push_blob("team/refs", EMPTY_CONTENT)
-    body = manifest_bytes({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example.early",
-        "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
-        "layers": [{"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2}],
-        "subject": descriptor(OCI_MANIFEST, subject),
-    })
+    body = manifest_bytes(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.early",
+            "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+            "layers": [{"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2}],
+            "subject": descriptor(OCI_MANIFEST, subject),
+        }
+    )
 
     response = registry.put_manifest("team/refs", sha256(body), body)
     listed = list_referrers(registry, sha256(subject))
@@ -896,6 +1125,29 @@ def test_referrer_before_subject(registry: RegistryClient) -> None:
     assert response.status_code == 201
     assert response.headers["OCI-Subject"] == sha256(subject)
     assert [item["digest"] for item in listed.json()["manifests"]] == [sha256(body)]
+
+
+def test_deleted_referrer_not_listed(registry: RegistryClient) -> None:
+    subject = registry.push_image("team/refs", "v3", "subject of a deleted referrer")
+    registry.push_blob("team/refs", EMPTY_CONTENT)
+    body = manifest_bytes(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.deleted",
+            "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+            "layers": [{"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2}],
+            "subject": descriptor(OCI_MANIFEST, subject),
+        }
+    )
+    registry.put_manifest("team/refs", sha256(body), body)
+    listed_before = list_referrers(registry, sha256(subject))
+
+    registry.request("DELETE", f"/v2/team/refs/manifests/{sha256(body)}", repository="team/refs")
+    listed_after = list_referrers(registry, sha256(subject))
+
+    assert [item["digest"] for item in listed_before.json()["manifests"]] == [sha256(body)]
+    assert listed_after.json()["manifests"] == []
 
 
 def test_referrers_invalid_digest(registry: RegistryClient, referrers: dict) -> None:
@@ -907,29 +1159,34 @@ def test_referrers_invalid_digest(registry: RegistryClient, referrers: dict) -> 
 
 # Catalog.
 
+
 @pytest.fixture(scope="module")
-def catalogs(server: CrpeServer) -> Iterator[tuple[RegistryClient, RegistryClient]]:
-    """Two fresh instances: the first with team/cat-a to cat-c, the second with team/dog."""
+def catalogs(server: CrpeServer, other_registry: RegistryClient) -> Iterator[tuple[RegistryClient, RegistryClient]]:
+    """A fresh instance with team/cat-a to cat-c, and the second instance, which gets team/dog."""
     first = RegistryClient(server, server.create_instance("cn-hangzhou"))
-    second = RegistryClient(server, server.create_instance("cn-hangzhou"))
     for name in ("team/cat-a", "team/cat-b", "team/cat-c"):
         first.push_blob(name, name.encode())
-    second.push_blob("team/dog", b"team/dog")
-    yield first, second
+    other_registry.push_blob("team/dog", b"team/dog")
+    yield first, other_registry
     first.close()
-    second.close()
 
 
 def get_catalog(registry: RegistryClient, **params: object):
-    return registry.request("GET", "/v2/_catalog", params=params, network="vpc",
-                            token=registry.token("registry:catalog:*"))
+    return registry.request(
+        "GET", "/v2/_catalog", params=params, network="vpc", token=registry.token("registry:catalog:*")
+    )
 
 
 def test_catalog_own_repositories(catalogs: tuple[RegistryClient, RegistryClient]) -> None:
     first, second = catalogs
 
-    assert get_catalog(first).json() == {"repositories": ["team/cat-a", "team/cat-b", "team/cat-c"]}
-    assert get_catalog(second).json() == {"repositories": ["team/dog"]}
+    first_names = get_catalog(first).json()["repositories"]
+    second_names = get_catalog(second).json()["repositories"]
+
+    assert first_names == ["team/cat-a", "team/cat-b", "team/cat-c"]
+    assert "team/dog" in second_names
+    assert not [name for name in second_names if name.startswith("team/cat-")]
+    assert second_names == sorted(second_names)
 
 
 def test_catalog_first_page(catalogs: tuple[RegistryClient, RegistryClient]) -> None:
@@ -970,13 +1227,16 @@ def test_catalog_token_of_other_instance(catalogs: tuple[RegistryClient, Registr
 
 # Names and methods.
 
+
 def test_push_to_missing_namespace(registry: RegistryClient) -> None:
     response = registry.request("POST", "/v2/nowhere/app/blobs/uploads/", repository="nowhere/app")
 
     assert response.status_code == 404
     assert error_code(response) == "NAME_UNKNOWN"
-    assert (f"namespace 'nowhere' does not exist in this instance; create it with `crpe namespace create "
-            f"--instance {registry.instance.id} nowhere`") in error_message(response)
+    assert (
+        f"namespace 'nowhere' does not exist in this instance; create it with `crpe namespace create "
+        f"--instance {registry.instance.id} nowhere`"
+    ) in error_message(response)
 
 
 def test_manifest_to_missing_namespace(registry: RegistryClient) -> None:
@@ -1010,13 +1270,16 @@ def test_repository_name_too_long(registry: RegistryClient) -> None:
     assert error_code(response) == "NAME_INVALID"
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("POST", "/v2/team/rules/manifests/v1", "GET, HEAD, PUT, DELETE"),
-    ("PATCH", "/v2/team/rules/tags/list", "GET"),
-    ("PUT", f"/v2/team/rules/blobs/{EMPTY_DIGEST}", "GET, HEAD, DELETE"),
-    ("DELETE", "/v2/_catalog", "GET"),
-    ("POST", "/v2/", "GET, HEAD"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/v2/team/rules/manifests/v1", "GET, HEAD, PUT, DELETE"),
+        ("PATCH", "/v2/team/rules/tags/list", "GET"),
+        ("PUT", f"/v2/team/rules/blobs/{EMPTY_DIGEST}", "GET, HEAD, DELETE"),
+        ("DELETE", "/v2/_catalog", "GET"),
+        ("POST", "/v2/", "GET, HEAD"),
+    ],
+)
 def test_unsupported_method(registry: RegistryClient, method: str, path: str, allow: str) -> None:
     response = registry.request(method, path, repository="team/rules")
 

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from registry_client import RegistryClient, image_manifest, sha256
-from server import CrpeServer
+from server import CrpeServer, Instance
 
-REPOSITORY = "team/crash"
 CHUNK_BYTES = 256 * 1024
 
 
@@ -68,7 +66,7 @@ def kill_server(server: CrpeServer) -> None:
 
 def _state(pid: int) -> str:
     try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
 
@@ -79,47 +77,73 @@ def restart(server: CrpeServer) -> None:
     server.start()
 
 
-@pytest.fixture
-def crash_server(make_server) -> CrpeServer:
-    return make_server()
+@pytest.fixture(scope="module")
+def crash_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrpeServer]:
+    """A dedicated server that the tests of this module kill and restart on its data directory."""
+    server = CrpeServer(tmp_path_factory.mktemp("crash"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def instance(crash_server: CrpeServer) -> Instance:
+    return crash_server.create_instance("cn-hangzhou")
 
 
 @pytest.fixture
-def registry(crash_server: CrpeServer) -> Iterator[RegistryClient]:
-    client = RegistryClient(crash_server, crash_server.create_instance("cn-hangzhou"))
+def registry(crash_server: CrpeServer, instance: Instance) -> Iterator[RegistryClient]:
+    """A client of the crash server, restarted first if an earlier test left it down."""
+    if crash_server.process is None or crash_server.process.poll() is not None:
+        restart(crash_server)
+    client = RegistryClient(crash_server, instance)
     yield client
     client.close()
 
 
 def reconnect(registry: RegistryClient) -> None:
-    """Point the client at the restarted server; tokens stay valid because the signing key is on disk."""
+    """Point the client at the restarted server. Tokens stay valid because the signing key is on disk."""
     registry.http.close()
     registry.http = httpx.Client(base_url=registry.server.url, timeout=30)
 
 
-def slow_body(data: bytes, sent_enough: threading.Event, threshold: int) -> Iterator[bytes]:
-    """Yield `data` in chunks with pauses, signalling once `threshold` bytes are out, then stalling."""
+def stalling_body(
+    data: bytes, threshold: int, sent_enough: threading.Event, resume: threading.Event
+) -> Iterator[bytes]:
+    """Yield `data` in chunks, stopping after `threshold` bytes until `resume` is set (at most 30 s)."""
     sent = 0
     for start in range(0, len(data), CHUNK_BYTES):
-        chunk = data[start:start + CHUNK_BYTES]
+        chunk = data[start : start + CHUNK_BYTES]
         yield chunk
         sent += len(chunk)
-        if sent >= threshold:
+        if sent >= threshold and not sent_enough.is_set():
             sent_enough.set()
-        time.sleep(0.05)
+            resume.wait(timeout=30)
 
 
-def send_in_background(registry: RegistryClient, method: str, path: str, body: Iterator[bytes],
-                       headers: dict[str, str] | None = None) -> tuple[threading.Thread, list[object]]:
-    """Run one request on a thread; the result list receives its response or transport error."""
+def send_in_background(
+    registry: RegistryClient,
+    repository: str,
+    method: str,
+    path: str,
+    body: Iterator[bytes],
+    headers: dict[str, str] | None = None,
+) -> tuple[threading.Thread, list[object]]:
+    """Start one request on a thread, which appends its response or transport error to the returned list."""
     result: list[object] = []
-    token = registry.repository_token(REPOSITORY)
+    token = registry.repository_token(repository)
     client = httpx.Client(base_url=registry.server.url, timeout=30)
 
     def run() -> None:
         try:
-            result.append(client.request(method, path, content=body, headers={
-                "Host": registry.public, "Authorization": f"Bearer {token}", **(headers or {})}))
+            result.append(
+                client.request(
+                    method,
+                    path,
+                    content=body,
+                    headers={"Host": registry.public, "Authorization": f"Bearer {token}", **(headers or {})},
+                )
+            )
         except httpx.HTTPError as error:
             result.append(error)
         finally:
@@ -130,41 +154,71 @@ def send_in_background(registry: RegistryClient, method: str, path: str, body: I
     return thread, result
 
 
+def kill_mid_request(
+    registry: RegistryClient,
+    repository: str,
+    method: str,
+    path: str,
+    data: bytes,
+    threshold: int,
+    headers: dict[str, str] | None = None,
+) -> object:
+    """Send `data`, SIGKILL the server once `threshold` bytes are out and restart it.
+
+    Return the response or transport error of the interrupted request.
+    """
+    sent_enough, resume = threading.Event(), threading.Event()
+    thread, result = send_in_background(
+        registry, repository, method, path, stalling_body(data, threshold, sent_enough, resume), headers
+    )
+    assert sent_enough.wait(timeout=60), f"the {method} request did not get going"
+    time.sleep(0.5)  # Gives the server time to write what it has received so far.
+    kill_server(registry.server)
+    resume.set()
+    thread.join(timeout=60)
+    restart(registry.server)
+    reconnect(registry)
+    return result[0]
+
+
 def blob_data(size: int, seed: bytes) -> bytes:
     return hashlib.shake_256(seed).digest(size)
 
 
-def test_kill_during_streamed_patch(crash_server: CrpeServer, registry: RegistryClient) -> None:
+def test_kill_during_streamed_patch(registry: RegistryClient) -> None:
+    repository = "team/crash-patch"
     data = blob_data(12 * 1024 * 1024, b"killed mid-upload")
     digest = sha256(data)
     first_chunk = 1024 * 1024
-    location = registry.start_upload(REPOSITORY)
-    response = registry.request("PATCH", location, content=data[:first_chunk], repository=REPOSITORY,
-                                headers={"Content-Range": f"0-{first_chunk - 1}"})
+    location = registry.start_upload(repository)
+    response = registry.request(
+        "PATCH",
+        location,
+        content=data[:first_chunk],
+        repository=repository,
+        headers={"Content-Range": f"0-{first_chunk - 1}"},
+    )
     assert response.status_code == 202
 
-    sent_enough = threading.Event()
-    thread, result = send_in_background(registry, "PATCH", location,
-                                        slow_body(data[first_chunk:], sent_enough, 3 * 1024 * 1024))
-    assert sent_enough.wait(timeout=60), "the streamed PATCH did not get going"
-    kill_server(crash_server)
-    thread.join(timeout=60)
-    restart(crash_server)
-    reconnect(registry)
+    outcome = kill_mid_request(registry, repository, "PATCH", location, data[first_chunk:], 4 * 1024 * 1024)
+    head = registry.request("HEAD", f"/v2/{repository}/blobs/{digest}", network="vpc", repository=repository)
+    status = registry.request("GET", location, repository=repository)
 
-    head = registry.request("HEAD", f"/v2/{REPOSITORY}/blobs/{digest}", network="vpc", repository=REPOSITORY)
-    status = registry.request("GET", location, repository=REPOSITORY)
-
-    assert isinstance(result[0], httpx.TransportError)
+    assert isinstance(outcome, httpx.TransportError)
     assert head.status_code == 404
     assert status.status_code == 204
-    # Only the chunk acknowledged before the kill counts; the interrupted request is not half-applied.
+    # Only the chunk acknowledged before the kill counts, so the interrupted request left no partial state.
     assert status.headers["Range"] == f"0-{first_chunk - 1}"
 
-    resumed = registry.request("PATCH", location, content=data[first_chunk:], repository=REPOSITORY,
-                               headers={"Content-Range": f"{first_chunk}-{len(data) - 1}"})
-    finished = registry.request("PUT", location, params={"digest": digest}, repository=REPOSITORY)
-    pulled = registry.request("GET", f"/v2/{REPOSITORY}/blobs/{digest}", network="vpc", repository=REPOSITORY)
+    resumed = registry.request(
+        "PATCH",
+        location,
+        content=data[first_chunk:],
+        repository=repository,
+        headers={"Content-Range": f"{first_chunk}-{len(data) - 1}"},
+    )
+    finished = registry.request("PUT", location, params={"digest": digest}, repository=repository)
+    pulled = registry.request("GET", f"/v2/{repository}/blobs/{digest}", network="vpc", repository=repository)
 
     assert resumed.status_code == 202
     assert finished.status_code == 201
@@ -172,26 +226,20 @@ def test_kill_during_streamed_patch(crash_server: CrpeServer, registry: Registry
 
 
 def test_push_again_after_kill(crash_server: CrpeServer, registry: RegistryClient) -> None:
+    repository = "team/crash-again"
     data = blob_data(8 * 1024 * 1024, b"pushed again after a kill")
     digest = sha256(data)
-    location = registry.start_upload(REPOSITORY)
-    sent_enough = threading.Event()
-    thread, result = send_in_background(registry, "PATCH", location,
-                                        slow_body(data, sent_enough, 2 * 1024 * 1024))
-    assert sent_enough.wait(timeout=60), "the streamed PATCH did not get going"
-    kill_server(crash_server)
-    thread.join(timeout=60)
-    restart(crash_server)
-    reconnect(registry)
+    location = registry.start_upload(repository)
 
-    head_before = registry.request("HEAD", f"/v2/{REPOSITORY}/blobs/{digest}", network="vpc",
-                                   repository=REPOSITORY)
-    pushed = registry.request("POST", f"/v2/{REPOSITORY}/blobs/uploads/", params={"digest": digest},
-                              content=data, repository=REPOSITORY)
-    pulled = registry.request("GET", f"/v2/{REPOSITORY}/blobs/{digest}", network="vpc", repository=REPOSITORY)
+    outcome = kill_mid_request(registry, repository, "PATCH", location, data, 3 * 1024 * 1024)
+    head_before = registry.request("HEAD", f"/v2/{repository}/blobs/{digest}", network="vpc", repository=repository)
+    pushed = registry.request(
+        "POST", f"/v2/{repository}/blobs/uploads/", params={"digest": digest}, content=data, repository=repository
+    )
+    pulled = registry.request("GET", f"/v2/{repository}/blobs/{digest}", network="vpc", repository=repository)
     storage = crash_server.root / "data" / "storage" / "cn-hangzhou" / "blobs"
 
-    assert isinstance(result[0], httpx.TransportError)
+    assert isinstance(outcome, httpx.TransportError)
     assert head_before.status_code == 404
     assert pushed.status_code == 201
     assert pulled.status_code == 200
@@ -199,16 +247,18 @@ def test_push_again_after_kill(crash_server: CrpeServer, registry: RegistryClien
     assert len(list(storage.rglob(digest.split(":", 1)[1]))) == 1
 
 
-def test_manifest_survives_kill(crash_server: CrpeServer, registry: RegistryClient) -> None:
-    manifest = registry.push_image(REPOSITORY, "durable", "survives a kill")
-    kill_server(crash_server)
-    restart(crash_server)
+def test_manifest_survives_kill(registry: RegistryClient) -> None:
+    repository = "team/crash-manifest"
+    manifest = registry.push_image(repository, "durable", "survives a kill")
+    kill_server(registry.server)
+    restart(registry.server)
     reconnect(registry)
 
-    by_tag = registry.request("GET", f"/v2/{REPOSITORY}/manifests/durable", network="vpc", repository=REPOSITORY)
-    by_digest = registry.request("GET", f"/v2/{REPOSITORY}/manifests/{sha256(manifest)}", network="vpc",
-                                 repository=REPOSITORY)
-    tags = registry.request("GET", f"/v2/{REPOSITORY}/tags/list", network="vpc", repository=REPOSITORY)
+    by_tag = registry.request("GET", f"/v2/{repository}/manifests/durable", network="vpc", repository=repository)
+    by_digest = registry.request(
+        "GET", f"/v2/{repository}/manifests/{sha256(manifest)}", network="vpc", repository=repository
+    )
+    tags = registry.request("GET", f"/v2/{repository}/tags/list", network="vpc", repository=repository)
 
     assert by_tag.status_code == 200
     assert by_tag.content == manifest
@@ -216,28 +266,29 @@ def test_manifest_survives_kill(crash_server: CrpeServer, registry: RegistryClie
     assert tags.json()["tags"] == ["durable"]
 
 
-def test_manifest_put_interrupted(crash_server: CrpeServer, registry: RegistryClient) -> None:
+def test_manifest_put_interrupted(registry: RegistryClient) -> None:
     """A manifest whose upload is cut off by a kill leaves neither its tag nor its digest behind."""
+    repository = "team/crash-interrupted"
     config = b'{"interrupted":true}'
-    registry.push_blob(REPOSITORY, config)
+    registry.push_blob(repository, config)
     body = image_manifest(config, [], annotations={"padding": "p" * (2 * 1024 * 1024)})
-    sent_enough = threading.Event()
-    thread, result = send_in_background(
-        registry, "PUT", f"/v2/{REPOSITORY}/manifests/interrupted", slow_body(body, sent_enough, 1024 * 1024),
-        headers={"Content-Type": json.loads(body)["mediaType"]})
-    assert sent_enough.wait(timeout=60), "the manifest PUT did not get going"
-    kill_server(crash_server)
-    thread.join(timeout=60)
-    restart(crash_server)
-    reconnect(registry)
 
-    by_tag = registry.request("GET", f"/v2/{REPOSITORY}/manifests/interrupted", network="vpc",
-                              repository=REPOSITORY)
-    by_digest = registry.request("GET", f"/v2/{REPOSITORY}/manifests/{sha256(body)}", network="vpc",
-                                 repository=REPOSITORY)
-    retried = registry.put_manifest(REPOSITORY, "interrupted", body)
+    outcome = kill_mid_request(
+        registry,
+        repository,
+        "PUT",
+        f"/v2/{repository}/manifests/interrupted",
+        body,
+        1024 * 1024,
+        headers={"Content-Type": json.loads(body)["mediaType"]},
+    )
+    by_tag = registry.request("GET", f"/v2/{repository}/manifests/interrupted", network="vpc", repository=repository)
+    by_digest = registry.request(
+        "GET", f"/v2/{repository}/manifests/{sha256(body)}", network="vpc", repository=repository
+    )
+    retried = registry.put_manifest(repository, "interrupted", body)
 
-    assert isinstance(result[0], httpx.TransportError)
+    assert isinstance(outcome, httpx.TransportError)
     assert by_tag.status_code == 404
     assert by_digest.status_code == 404
     assert retried.status_code == 201

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import jwt
 import pytest
-
 from registry_client import RegistryClient, error_code
 from server import CrpeServer
 
@@ -41,15 +41,19 @@ def test_base_challenge_status(registry: RegistryClient) -> None:
 def test_base_challenge_header(registry: RegistryClient) -> None:
     response = registry.request("GET", "/v2/")
 
-    assert (response.headers["WWW-Authenticate"]
-            == f'Bearer realm="http://{registry.public}/auth/token",service="{registry.instance.public}"')
+    assert (
+        response.headers["WWW-Authenticate"]
+        == f'Bearer realm="http://{registry.public}/auth/token",service="{registry.instance.public}"'
+    )
 
 
 def test_base_challenge_on_vpc_names_public_service(registry: RegistryClient) -> None:
     response = registry.request("GET", "/v2/", network="vpc")
 
-    assert (response.headers["WWW-Authenticate"]
-            == f'Bearer realm="http://{registry.vpc}/auth/token",service="{registry.instance.public}"')
+    assert (
+        response.headers["WWW-Authenticate"]
+        == f'Bearer realm="http://{registry.vpc}/auth/token",service="{registry.instance.public}"'
+    )
 
 
 def test_base_api_version_header(registry: RegistryClient) -> None:
@@ -167,17 +171,21 @@ def test_token_on_vpc_host(registry: RegistryClient) -> None:
 
 
 def test_token_for_other_service(registry: RegistryClient) -> None:
-    response = registry.http.get("/auth/token", params={"service": registry.instance.vpc},
-                                 auth=(registry.instance.username, registry.instance.password),
-                                 headers={"Host": registry.public})
+    response = registry.http.get(
+        "/auth/token",
+        params={"service": registry.instance.vpc},
+        auth=(registry.instance.username, registry.instance.password),
+        headers={"Host": registry.public},
+    )
 
     assert response.status_code == 400
     assert registry.instance.public in response.text
 
 
 def test_wrong_password(registry: RegistryClient) -> None:
-    response = registry.request_token(f"repository:{REPOSITORY}:pull",
-                                      auth=(registry.instance.username, "not-the-password"))
+    response = registry.request_token(
+        f"repository:{REPOSITORY}:pull", auth=(registry.instance.username, "not-the-password")
+    )
 
     assert response.status_code == 401
     assert error_code(response) == "UNAUTHORIZED"
@@ -185,17 +193,18 @@ def test_wrong_password(registry: RegistryClient) -> None:
 
 
 def test_unknown_user(registry: RegistryClient) -> None:
-    response = registry.request_token(f"repository:{REPOSITORY}:pull",
-                                      auth=("nobody", registry.instance.password))
+    response = registry.request_token(f"repository:{REPOSITORY}:pull", auth=("nobody", registry.instance.password))
 
     assert response.status_code == 401
     assert error_code(response) == "UNAUTHORIZED"
 
 
 def test_anonymous_token_refused(registry: RegistryClient) -> None:
-    response = registry.http.get("/auth/token", params={"service": registry.instance.public,
-                                                        "scope": f"repository:{REPOSITORY}:pull"},
-                                 headers={"Host": registry.public})
+    response = registry.http.get(
+        "/auth/token",
+        params={"service": registry.instance.public, "scope": f"repository:{REPOSITORY}:pull"},
+        headers={"Host": registry.public},
+    )
 
     assert response.status_code == 401
     assert error_code(response) == "UNAUTHORIZED"
@@ -203,17 +212,28 @@ def test_anonymous_token_refused(registry: RegistryClient) -> None:
 
 
 def password_grant(registry: RegistryClient, password: str, **fields: str) -> dict:
-    form = {"grant_type": "password", "service": registry.instance.public, "client_id": "crpe-tests",
-            "username": registry.instance.username, "password": password,
-            "scope": f"repository:{REPOSITORY}:pull", **fields}
+    form = {
+        "grant_type": "password",
+        "service": registry.instance.public,
+        "client_id": "crpe-tests",
+        "username": registry.instance.username,
+        "password": password,
+        "scope": f"repository:{REPOSITORY}:pull",
+        **fields,
+    }
     response = registry.http.post("/auth/token", data=form, headers={"Host": registry.public})
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def refresh_grant(registry: RegistryClient, refresh_token: str):
-    form = {"grant_type": "refresh_token", "service": registry.instance.public, "client_id": "crpe-tests",
-            "refresh_token": refresh_token, "scope": f"repository:{REPOSITORY}:pull,push"}
+    form = {
+        "grant_type": "refresh_token",
+        "service": registry.instance.public,
+        "client_id": "crpe-tests",
+        "refresh_token": refresh_token,
+        "scope": f"repository:{REPOSITORY}:pull,push",
+    }
     return registry.http.post("/auth/token", data=form, headers={"Host": registry.public})
 
 
@@ -224,18 +244,71 @@ def test_password_grant_offline(registry: RegistryClient) -> None:
     assert access_claim(body["access_token"]) == {f"repository:{REPOSITORY}": ["pull"]}
 
 
+def test_get_token_offline(registry: RegistryClient) -> None:
+    response = registry.http.get(
+        "/auth/token",
+        auth=(registry.instance.username, registry.instance.password),
+        headers={"Host": registry.public},
+        params={
+            "service": registry.instance.public,
+            "offline_token": "true",
+            "client_id": "crpe-tests",
+            "scope": f"repository:{REPOSITORY}:pull",
+        },
+    )
+
+    assert response.status_code == 200
+    assert response.json()["refresh_token"]
+
+
+def test_password_grant_repeated_scopes(registry: RegistryClient) -> None:
+    form = [
+        ("grant_type", "password"),
+        ("service", registry.instance.public),
+        ("client_id", "crpe-tests"),
+        ("username", registry.instance.username),
+        ("password", registry.instance.password),
+        ("scope", "repository:team/a:pull"),
+        ("scope", "repository:team/b:push"),
+    ]
+
+    response = registry.http.post(
+        "/auth/token",
+        headers={"Host": registry.public, "Content-Type": "application/x-www-form-urlencoded"},
+        content=urlencode(form),
+    )
+
+    assert response.status_code == 200
+    assert access_claim(response.json()["access_token"]) == {
+        "repository:team/a": ["pull"],
+        "repository:team/b": ["push"],
+    }
+
+
 def test_password_grant_wrong_password(registry: RegistryClient) -> None:
-    response = registry.http.post("/auth/token", headers={"Host": registry.public}, data={
-        "grant_type": "password", "service": registry.instance.public, "client_id": "crpe-tests",
-        "username": registry.instance.username, "password": "wrong", "access_type": "offline"})
+    response = registry.http.post(
+        "/auth/token",
+        headers={"Host": registry.public},
+        data={
+            "grant_type": "password",
+            "service": registry.instance.public,
+            "client_id": "crpe-tests",
+            "username": registry.instance.username,
+            "password": "wrong",
+            "access_type": "offline",
+        },
+    )
 
     assert response.status_code == 401
     assert error_code(response) == "UNAUTHORIZED"
 
 
 def test_unsupported_grant_type(registry: RegistryClient) -> None:
-    response = registry.http.post("/auth/token", headers={"Host": registry.public},
-                                  data={"grant_type": "client_credentials", "service": registry.instance.public})
+    response = registry.http.post(
+        "/auth/token",
+        headers={"Host": registry.public},
+        data={"grant_type": "client_credentials", "service": registry.instance.public},
+    )
 
     assert response.status_code == 400
 
@@ -283,15 +356,15 @@ def test_access_token_as_refresh_token(registry: RegistryClient) -> None:
 def test_refresh_token_invalid_after_password_change(server: CrpeServer) -> None:
     registry = RegistryClient(server, server.create_instance("cn-hangzhou"))
     try:
-        refresh_token = password_grant(registry, registry.instance.password,
-                                       access_type="offline")["refresh_token"]
+        refresh_token = password_grant(registry, registry.instance.password, access_type="offline")["refresh_token"]
         before = refresh_grant(registry, refresh_token)
         server.cli("password", "set", "--instance", registry.instance.id, input="Changed-pass-2\n")
 
         after = refresh_grant(registry, refresh_token)
         old_password = registry.request_token(f"repository:{REPOSITORY}:pull")
-        new_password = registry.request_token(f"repository:{REPOSITORY}:pull",
-                                              auth=(registry.instance.username, "Changed-pass-2"))
+        new_password = registry.request_token(
+            f"repository:{REPOSITORY}:pull", auth=(registry.instance.username, "Changed-pass-2")
+        )
     finally:
         registry.close()
 
@@ -301,6 +374,18 @@ def test_refresh_token_invalid_after_password_change(server: CrpeServer) -> None
     assert "password changed" in after.json()["errors"][0]["message"]
     assert old_password.status_code == 401
     assert new_password.status_code == 200
+
+
+def test_refresh_token_of_other_instance(server: CrpeServer, registry: RegistryClient) -> None:
+    refresh_token = password_grant(registry, registry.instance.password, access_type="offline")["refresh_token"]
+    other = RegistryClient(server, server.create_instance("cn-hangzhou"))
+    try:
+        response = refresh_grant(other, refresh_token)
+    finally:
+        other.close()
+
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHORIZED"
 
 
 def test_bogus_bearer_token(registry: RegistryClient) -> None:
@@ -379,15 +464,21 @@ def test_token_for_other_repository(registry: RegistryClient) -> None:
 
 def test_basic_credentials_on_registry_route(registry: RegistryClient) -> None:
     """Basic credentials sent straight to a registry route act like a token for the repository it names."""
-    response = registry.http.post(f"/v2/{REPOSITORY}/blobs/uploads/", headers={"Host": registry.public},
-                                  auth=(registry.instance.username, registry.instance.password))
+    response = registry.http.post(
+        f"/v2/{REPOSITORY}/blobs/uploads/",
+        headers={"Host": registry.public},
+        auth=(registry.instance.username, registry.instance.password),
+    )
 
     assert response.status_code == 202
 
 
 def test_wrong_basic_credentials_on_registry_route(registry: RegistryClient) -> None:
-    response = registry.http.post(f"/v2/{REPOSITORY}/blobs/uploads/", headers={"Host": registry.public},
-                                  auth=(registry.instance.username, "wrong"))
+    response = registry.http.post(
+        f"/v2/{REPOSITORY}/blobs/uploads/",
+        headers={"Host": registry.public},
+        auth=(registry.instance.username, "wrong"),
+    )
 
     assert response.status_code == 401
     assert error_code(response) == "UNAUTHORIZED"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-
-from registry_client import RegistryClient, error_code, sha256, sha512
+from registry_client import RegistryClient, error_code, error_message, sha256, sha512
 from server import CrpeServer
 
 REPOSITORY = "team/uploads"
@@ -17,6 +18,14 @@ UPLOADS_PATH = f"/v2/{REPOSITORY}/blobs/uploads/"
 
 @pytest.fixture(scope="module")
 def registry(server: CrpeServer) -> Iterator[RegistryClient]:
+    client = RegistryClient(server, server.create_instance("cn-hangzhou"))
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def other_registry(server: CrpeServer) -> Iterator[RegistryClient]:
+    """A second instance of the same account in the same region."""
     client = RegistryClient(server, server.create_instance("cn-hangzhou"))
     yield client
     client.close()
@@ -31,11 +40,17 @@ def pull_blob(registry: RegistryClient, digest: str, repository: str = REPOSITOR
 
 
 def patch_chunk(registry: RegistryClient, location: str, data: bytes, start: int) -> httpx.Response:
-    return send(registry, "PATCH", location, content=data, headers={
-        "Content-Type": "application/octet-stream", "Content-Range": f"{start}-{start + len(data) - 1}"})
+    return send(
+        registry,
+        "PATCH",
+        location,
+        content=data,
+        headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{start + len(data) - 1}"},
+    )
 
 
 # Monolithic and two-step uploads.
+
 
 def test_monolithic_upload(registry: RegistryClient) -> None:
     data = b"monolithic upload"
@@ -95,6 +110,7 @@ def test_upload_existing_blob_again(registry: RegistryClient) -> None:
 
 # Chunked uploads.
 
+
 def test_chunked_upload(registry: RegistryClient) -> None:
     chunks = [b"a" * 10, b"b" * 7, b"c" * 5]
     data = b"".join(chunks)
@@ -122,8 +138,14 @@ def test_chunked_upload_last_chunk_in_put(registry: RegistryClient) -> None:
     location = registry.start_upload(REPOSITORY)
     patch_chunk(registry, location, data[:11], 0)
 
-    response = send(registry, "PUT", location, params={"digest": sha256(data)}, content=data[11:],
-                    headers={"Content-Range": f"11-{len(data) - 1}"})
+    response = send(
+        registry,
+        "PUT",
+        location,
+        params={"digest": sha256(data)},
+        content=data[11:],
+        headers={"Content-Range": f"11-{len(data) - 1}"},
+    )
 
     assert response.status_code == 201
     assert pull_blob(registry, sha256(data)).content == data
@@ -213,8 +235,9 @@ def test_large_blob_streamed(registry: RegistryClient) -> None:
     data = hashlib.shake_256(b"large blob").digest(5 * 1024 * 1024 + 123)
     location = registry.start_upload(REPOSITORY)
 
-    patched = send(registry, "PATCH", location,
-                   content=(data[i:i + 256 * 1024] for i in range(0, len(data), 256 * 1024)))
+    patched = send(
+        registry, "PATCH", location, content=(data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024))
+    )
     done = send(registry, "PUT", location, params={"digest": sha256(data)})
     pulled = pull_blob(registry, sha256(data))
 
@@ -223,7 +246,49 @@ def test_large_blob_streamed(registry: RegistryClient) -> None:
     assert pulled.content == data
 
 
+def test_concurrent_patch_rejected(registry: RegistryClient) -> None:
+    """A second PATCH while another is still writing the same upload is refused, not interleaved."""
+    first_part, second_part = b"1" * 4096, b"2" * 4096
+    location = registry.start_upload(REPOSITORY)
+    first_sent, release = threading.Event(), threading.Event()
+
+    def stalled_body() -> Iterator[bytes]:
+        yield first_part
+        first_sent.set()
+        release.wait(timeout=30)
+        yield second_part
+
+    results: list[httpx.Response] = []
+    token = registry.repository_token(REPOSITORY)
+    thread = threading.Thread(
+        target=lambda: results.append(registry.request("PATCH", location, token=token, content=stalled_body())),
+        daemon=True,
+    )
+    thread.start()
+    assert first_sent.wait(timeout=30)
+
+    # The competing chunk claims an offset that can never continue the upload, so it changes nothing even if
+    # the server had not started the first PATCH yet. Retry until the server reports the upload busy.
+    competing = None
+    for _ in range(100):
+        competing = patch_chunk(registry, location, b"3" * 4096, 1_000_000)
+        if "another request is writing" in error_message(competing):
+            break
+        time.sleep(0.1)
+    release.set()
+    thread.join(timeout=30)
+    done = send(registry, "PUT", location, params={"digest": sha256(first_part + second_part)})
+
+    assert competing is not None
+    assert competing.status_code == 416
+    assert "another request is writing to this upload" in error_message(competing)
+    assert results[0].status_code == 202
+    assert results[0].headers["Range"] == "0-8191"
+    assert done.status_code == 201
+
+
 # Upload status and cancellation.
+
 
 def test_upload_status(registry: RegistryClient) -> None:
     location = registry.start_upload(REPOSITORY)
@@ -283,27 +348,24 @@ def test_upload_of_other_repository(registry: RegistryClient) -> None:
     location = registry.start_upload(REPOSITORY)
     upload_id = location.rsplit("/", 1)[1]
 
-    response = registry.request("GET", f"/v2/team/elsewhere/blobs/uploads/{upload_id}",
-                                repository="team/elsewhere")
+    response = registry.request("GET", f"/v2/team/elsewhere/blobs/uploads/{upload_id}", repository="team/elsewhere")
 
     assert response.status_code == 404
     assert error_code(response) == "BLOB_UPLOAD_UNKNOWN"
 
 
-def test_upload_of_other_instance(server: CrpeServer, registry: RegistryClient) -> None:
+def test_upload_of_other_instance(registry: RegistryClient, other_registry: RegistryClient) -> None:
     location = registry.start_upload(REPOSITORY)
-    other = RegistryClient(server, server.create_instance("cn-hangzhou"))
-    try:
-        other.start_upload(REPOSITORY)
-        response = other.request("PATCH", location, content=b"intruding bytes", repository=REPOSITORY)
-    finally:
-        other.close()
+    other_registry.start_upload(REPOSITORY)
+
+    response = other_registry.request("PATCH", location, content=b"intruding bytes", repository=REPOSITORY)
 
     assert response.status_code == 404
     assert error_code(response) == "BLOB_UPLOAD_UNKNOWN"
 
 
 # Digests.
+
 
 def test_digest_mismatch(registry: RegistryClient) -> None:
     data = b"the real content"
@@ -357,9 +419,11 @@ def test_put_without_digest_keeps_upload(registry: RegistryClient) -> None:
     assert done.status_code == 201
 
 
-@pytest.mark.parametrize("digest", ["sha256:abc", "md5:0123456789abcdef0123456789abcdef", "sha256",
-                                    "sha256:" + "A" * 64],
-                         ids=["short", "unsupported-algorithm", "no-hex", "upper-case-hex"])
+@pytest.mark.parametrize(
+    "digest",
+    ["sha256:abc", "md5:0123456789abcdef0123456789abcdef", "sha256", "sha256:" + "A" * 64],
+    ids=["short", "unsupported-algorithm", "no-hex", "upper-case-hex"],
+)
 def test_put_invalid_digest(registry: RegistryClient, digest: str) -> None:
     location = registry.start_upload(REPOSITORY)
 
@@ -404,6 +468,7 @@ def test_sha512_mismatch(registry: RegistryClient) -> None:
 
 # Cross-repository mounts.
 
+
 @pytest.fixture(scope="module")
 def mount_source(registry: RegistryClient) -> tuple[bytes, str]:
     data = b"a blob to mount into other repositories"
@@ -414,8 +479,12 @@ def test_mount_within_instance(registry: RegistryClient, mount_source: tuple[byt
     data, digest = mount_source
     token = registry.token("repository:team/mount-target:pull,push", "repository:team/mount-source:pull")
 
-    response = registry.request("POST", "/v2/team/mount-target/blobs/uploads/", token=token,
-                                params={"mount": digest, "from": "team/mount-source"})
+    response = registry.request(
+        "POST",
+        "/v2/team/mount-target/blobs/uploads/",
+        token=token,
+        params={"mount": digest, "from": "team/mount-source"},
+    )
 
     assert response.status_code == 201
     assert response.headers["Location"] == f"/v2/team/mount-target/blobs/{digest}"
@@ -427,8 +496,12 @@ def test_mount_without_source_pull(registry: RegistryClient, mount_source: tuple
     _, digest = mount_source
     token = registry.token("repository:team/mount-nopull:pull,push")
 
-    response = registry.request("POST", "/v2/team/mount-nopull/blobs/uploads/", token=token,
-                                params={"mount": digest, "from": "team/mount-source"})
+    response = registry.request(
+        "POST",
+        "/v2/team/mount-nopull/blobs/uploads/",
+        token=token,
+        params={"mount": digest, "from": "team/mount-source"},
+    )
 
     assert response.status_code == 202
     assert response.headers["Location"].startswith("/v2/team/mount-nopull/blobs/uploads/")
@@ -438,32 +511,41 @@ def test_mount_without_source_pull(registry: RegistryClient, mount_source: tuple
 def test_mount_missing_blob(registry: RegistryClient, mount_source: tuple[bytes, str]) -> None:
     token = registry.token("repository:team/mount-target:pull,push", "repository:team/mount-source:pull")
 
-    response = registry.request("POST", "/v2/team/mount-target/blobs/uploads/", token=token,
-                                params={"mount": sha256(b"not in the source"), "from": "team/mount-source"})
+    response = registry.request(
+        "POST",
+        "/v2/team/mount-target/blobs/uploads/",
+        token=token,
+        params={"mount": sha256(b"not in the source"), "from": "team/mount-source"},
+    )
 
     assert response.status_code == 202
 
 
 def test_mount_without_from(registry: RegistryClient, mount_source: tuple[bytes, str]) -> None:
-    response = registry.request("POST", "/v2/team/mount-nofrom/blobs/uploads/", repository="team/mount-nofrom",
-                                params={"mount": mount_source[1]})
+    response = registry.request(
+        "POST",
+        "/v2/team/mount-nofrom/blobs/uploads/",
+        repository="team/mount-nofrom",
+        params={"mount": mount_source[1]},
+    )
 
     assert response.status_code == 202
 
 
-def test_mount_from_other_instance(server: CrpeServer, registry: RegistryClient,
-                                   mount_source: tuple[bytes, str]) -> None:
+def test_mount_from_other_instance(other_registry: RegistryClient, mount_source: tuple[bytes, str]) -> None:
     """A blob of another instance, even of the same account and region, is never mounted."""
     _, digest = mount_source
-    other = RegistryClient(server, server.create_instance("cn-hangzhou"))
-    try:
-        token = other.token("repository:team/mount-target:pull,push", "repository:team/mount-source:pull")
-        response = other.request("POST", "/v2/team/mount-target/blobs/uploads/", token=token,
-                                 params={"mount": digest, "from": "team/mount-source"})
-        pulled = other.request("GET", f"/v2/team/mount-target/blobs/{digest}", network="vpc",
-                               repository="team/mount-target")
-    finally:
-        other.close()
+    token = other_registry.token("repository:team/mount-target:pull,push", "repository:team/mount-source:pull")
+
+    response = other_registry.request(
+        "POST",
+        "/v2/team/mount-target/blobs/uploads/",
+        token=token,
+        params={"mount": digest, "from": "team/mount-source"},
+    )
+    pulled = other_registry.request(
+        "GET", f"/v2/team/mount-target/blobs/{digest}", network="vpc", repository="team/mount-target"
+    )
 
     assert response.status_code == 202
     assert response.headers["Location"].startswith("/v2/team/mount-target/blobs/uploads/")
@@ -474,8 +556,12 @@ def test_mount_session_usable(registry: RegistryClient, mount_source: tuple[byte
     """The session returned by a refused mount takes an ordinary upload."""
     data = b"uploaded after a refused mount"
     token = registry.token("repository:team/mount-nopull:pull,push")
-    location = registry.request("POST", "/v2/team/mount-nopull/blobs/uploads/", token=token,
-                                params={"mount": mount_source[1], "from": "team/mount-source"}).headers["Location"]
+    location = registry.request(
+        "POST",
+        "/v2/team/mount-nopull/blobs/uploads/",
+        token=token,
+        params={"mount": mount_source[1], "from": "team/mount-source"},
+    ).headers["Location"]
 
     response = registry.request("PUT", location, token=token, params={"digest": sha256(data)}, content=data)
 
@@ -483,8 +569,12 @@ def test_mount_session_usable(registry: RegistryClient, mount_source: tuple[byte
 
 
 def test_mount_invalid_digest(registry: RegistryClient, mount_source: tuple[bytes, str]) -> None:
-    response = registry.request("POST", "/v2/team/mount-target/blobs/uploads/", repository="team/mount-target",
-                                params={"mount": "sha256:nothex", "from": "team/mount-source"})
+    response = registry.request(
+        "POST",
+        "/v2/team/mount-target/blobs/uploads/",
+        repository="team/mount-target",
+        params={"mount": "sha256:nothex", "from": "team/mount-source"},
+    )
 
     assert response.status_code == 400
     assert error_code(response) == "DIGEST_INVALID"
