@@ -32,10 +32,15 @@ class CrpeApp:
     def open(self) -> Services:
         if self.services is None:
             self.services = Services.open(self.settings)
+        return self.services
+
+    def control(self) -> Any:
+        """Build the control-plane app on first use: FastAPI and pydantic cost a worker about 16 MiB."""
+        if self._control is None:
             from crpe.control.api import create_control_app
 
-            self._control = create_control_app(self.services)
-        return self.services
+            self._control = create_control_app(self.open())
+        return self._control
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -62,7 +67,7 @@ class CrpeApp:
             response = await router.handle(request, services, parsed, host)
             await response(scope, receive, send_logged)
         elif isinstance(parsed, ControlPlaneHost):
-            await self._control(scope, receive, send_logged)
+            await self.control()(scope, receive, send_logged)
         else:
             await _send_json(send_logged, 404, {"errors": [{
                 "code": "NAME_UNKNOWN", "message": f"{parsed.reason}; check the registry address",

@@ -108,9 +108,6 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes; 0 means one per CPU core.")] = None,
 ) -> None:
     """Run the registry and control plane on the embedded default (SQLite and the local filesystem)."""
-    from granian.constants import Interfaces, Loops
-    from granian.server import Server
-
     from crpe import bootstrap, logs
     from crpe.settings import SettingsError, from_environment
 
@@ -124,11 +121,8 @@ def serve(
     worker_count = settings.workers or os.cpu_count() or 1
     typer.echo(f"crpe listening on http://{settings.listen_host}:{settings.listen_port} "
                f"(domain {settings.domain}, {worker_count} workers, data {settings.data_dir})", err=True)
-    Server(
-        "crpe.app:create_app_from_environment", address=settings.listen_host, port=settings.listen_port,
-        interface=Interfaces.ASGI, workers=worker_count, loop=Loops.uvloop, factory=True,
-        log_access=False, respawn_failed_workers=True,
-    ).serve()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "crpe.server"])
 
 
 @region_app.command("list")
