@@ -89,7 +89,8 @@ def emit(value: Any, output: OutputFormat, columns: list[str] | None = None) -> 
     table = Table(*columns)
     for row in rows:
         table.add_row(*(_cell(row, column) for column in columns))
-    Console().print(table)
+    # Piped output must not be cut to a terminal's width: ids and host names would lose characters.
+    Console(width=None if sys.stdout.isatty() else 1000).print(table)
 
 
 def _cell(row: dict[str, Any], column: str) -> str:
@@ -355,7 +356,7 @@ def account_list(output: OutputOption = OutputFormat.table, profile: ProfileOpti
 
 @account_app.command("disable")
 def account_disable(name: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
-    """Disable an account: its keys, logins and tokens stop working."""
+    """Disable an account: keys, logins and refresh tokens stop at once; issued registry tokens expire soon."""
     emit(Client(profile).request("POST", f"/accounts/{name}/disable"), output, ["name", "disabled"])
 
 
@@ -379,7 +380,7 @@ def sub_user_list(output: OutputOption = OutputFormat.table, profile: ProfileOpt
 
 @sub_user_app.command("disable")
 def sub_user_disable(name: str, output: OutputOption = OutputFormat.table, profile: ProfileOption = None) -> None:
-    """Disable a sub-user."""
+    """Disable a sub-user: keys, logins and refresh tokens stop at once; issued registry tokens expire soon."""
     emit(Client(profile).request("POST", f"/sub-users/{name}/disable"), output, ["name", "disabled"])
 
 

@@ -6,9 +6,10 @@ password). A resource the caller may not see answers 404, the same as a missing 
 
 import logging
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from crpe.control import identity_routes, instance_routes
 from crpe.control.common import ControlError
@@ -37,9 +38,16 @@ def create_control_app(services: Services) -> FastAPI:
         return JSONResponse({"error": {"code": error.code, "message": error.detail}}, error.status_code)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": {"code": "INVALID_REQUEST", "message": str(error.detail)}},
-                            error.status_code, headers=getattr(error, "headers", None))
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        # Covers FastAPI's own errors and Starlette's for unknown paths (404) and methods (405).
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "INVALID_REQUEST")
+        message = str(error.detail)
+        if error.status_code == 404:
+            message = f"{request.url.path} is not a control-plane route; see /api/v1/docs"
+        elif error.status_code == 405:
+            message = f"{request.method} is not supported on {request.url.path}; see /api/v1/docs"
+        return JSONResponse({"error": {"code": code, "message": message}}, error.status_code,
+                            headers=getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -109,7 +109,9 @@ def _own_sub_user(name: str, context: Caller) -> SubUser:
     return sub_user
 
 
-@router.post("/sub-users/{name}/disable", summary="Disable a sub-user: its keys, logins and tokens stop working")
+@router.post("/sub-users/{name}/disable",
+             summary="Disable a sub-user: its access keys, logins and refresh tokens stop working at once, and "
+                     "registry tokens already issued expire within their lifetime (CRPE_TOKEN_TTL)")
 def disable_sub_user(name: str, context: Caller) -> dict[str, Any]:
     context.require_account("disable sub-users")
     sub_user = _own_sub_user(name, context)

@@ -3,7 +3,6 @@
 import datetime
 from typing import Any, Literal
 
-import sqlalchemy.exc
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
@@ -11,7 +10,7 @@ from crpe.auth.passwords import hash_secret
 from crpe.auth.permissions import permitted_actions
 from crpe.control.common import Caller, ControlError, not_found
 from crpe.control.views import instance_view, namespace_view, repository_view
-from crpe.metadata.store import Instance, Repository
+from crpe.metadata.store import Conflict, Instance, Repository
 from crpe.registry.names import COMPONENT_PATTERN
 
 router = APIRouter(prefix="/api/v1")
@@ -171,7 +170,7 @@ def create_namespace(instance_id: str, body: NamespaceCreate, context: Caller) -
                            f"{instance.namespace_quota}; delete a namespace or ask the administrator to raise it")
     try:
         namespace = store.create_namespace(instance, body.name, body.auto_create, body.default_visibility)
-    except sqlalchemy.exc.IntegrityError:
+    except Conflict:
         # Legacy namespaces are unique per region, across accounts.
         raise ControlError(409, "NAMESPACE_EXISTS", f"namespace {body.name!r} is already taken in region "
                            f"{instance.region}; choose another name") from None

@@ -17,10 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
-
-from crpe.metadata.schema import metadata
-
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -137,70 +133,111 @@ class ManifestRecord:
     tag: str | None
 
 
+class Conflict(Exception):
+    """A write broke a uniqueness rule, such as a duplicate namespace name."""
+
+
+class _Result:
+    """The part of a query result the store uses, the same for sqlite3 and SQLAlchemy."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+class _Transaction:
+    """One write transaction; `execute` takes SQL with :name parameters on either backend."""
+
+    def __init__(self, run: Any) -> None:
+        self._run = run
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> _Result:
+        return self._run(sql, params or {})
+
+
 class MetadataStore:
+    """Metadata queries. On SQLite (the embedded default) they run through the sqlite3 module, which costs
+    microseconds per query; other databases go through SQLAlchemy, imported only then.
+    """
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._local = threading.local()
-        self._reader = self._engine(immediate=False)
-        self._writer = self._engine(immediate=True)
+        self._engine: Any = None if self.is_sqlite else self._sqlalchemy_engine()
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> MetadataStore:
         return cls(f"sqlite:///{data_dir / 'crpe.sqlite3'}")
 
-    def _engine(self, immediate: bool) -> Engine:
-        if not self.is_sqlite:
-            return create_engine(self.url, pool_pre_ping=True)
-        engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+    def _sqlalchemy_engine(self) -> Any:
+        from sqlalchemy import create_engine
 
-        @event.listens_for(engine, "connect")
-        def configure(dbapi_connection: Any, _record: Any) -> None:
-            # Take transaction control from the sqlite3 module so BEGIN is ours to emit.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before the client hears 201.
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return engine
+        return create_engine(self.url, pool_pre_ping=True)
 
     def create_schema(self) -> None:
-        metadata.create_all(self._writer)
+        from sqlalchemy import create_engine
+
+        from crpe.metadata.schema import metadata
+
+        engine = self._engine or create_engine(self.url)
+        metadata.create_all(engine)
+        if self._engine is None:
+            engine.dispose()
 
     def close(self) -> None:
-        self._reader.dispose()
-        self._writer.dispose()
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+        if self._engine is not None:
+            self._engine.dispose()
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._reader.connect() as connection:
-            yield connection
-            connection.rollback()
+    def _write(self) -> Iterator[_Transaction]:
+        """Run one transaction; on SQLite it begins IMMEDIATE so concurrent writers wait instead of failing."""
+        if self.is_sqlite:
+            connection = self._sqlite_reader()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Transaction(lambda sql, params: _sqlite_result(connection.execute(sql, params)))
+            except sqlite3.IntegrityError as error:
+                connection.execute("ROLLBACK")
+                raise Conflict(str(error)) from None
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return
+        from sqlalchemy import exc, text
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._writer.begin() as connection:
-            yield connection
+        try:
+            with self._engine.begin() as connection:
+                yield _Transaction(lambda sql, params: _sqlalchemy_result(connection.execute(text(sql), params)))
+        except exc.IntegrityError as error:
+            raise Conflict(str(error.orig)) from None
 
     def _sqlite_reader(self) -> sqlite3.Connection:
-        """Return this thread's plain sqlite3 connection, for reads on the hot path.
+        """Return this thread's sqlite3 connection, in autocommit mode outside `_write` transactions.
 
         SQLAlchemy costs about 0.1 ms per query on top of SQLite's own microseconds, which halved manifest
-        GET throughput; each SELECT here is its own autocommit read of the WAL snapshot.
+        GET throughput.
         """
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30, isolation_level=None,
                                          check_same_thread=True)
             connection.row_factory = _row
+            connection.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the client hears 201.
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
             connection.execute("PRAGMA busy_timeout=30000")
             self._local.connection = connection
         return connection
@@ -208,13 +245,15 @@ class MetadataStore:
     def _one(self, sql: str, **params: Any) -> Any:
         if self.is_sqlite:
             return self._sqlite_reader().execute(sql, params).fetchone()
-        with self._read() as connection:
-            return connection.execute(text(sql), params).first()
+        rows = self._all(sql, **params)
+        return rows[0] if rows else None
 
     def _all(self, sql: str, **params: Any) -> list[Any]:
         if self.is_sqlite:
             return self._sqlite_reader().execute(sql, params).fetchall()
-        with self._read() as connection:
+        from sqlalchemy import text
+
+        with self._engine.connect() as connection:
             return list(connection.execute(text(sql), params))
 
     # Accounts, sub-users and access keys.
@@ -222,9 +261,9 @@ class MetadataStore:
     def create_account(self, name: str, is_admin: bool = False) -> Account:
         account = Account(new_id(), name, is_admin, False)
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO accounts (id, name, is_admin, disabled, created_at) "
-                "VALUES (:id, :name, :is_admin, false, :now)"),
+                "VALUES (:id, :name, :is_admin, false, :now)",
                 {"id": account.id, "name": name, "is_admin": is_admin, "now": now()})
         return account
 
@@ -242,9 +281,9 @@ class MetadataStore:
     def create_access_key(self, key_id: str, secret_hash: str, account_id: str,
                           sub_user_id: str | None = None) -> None:
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO access_keys (id, secret_hash, account_id, sub_user_id, created_at) "
-                "VALUES (:id, :secret_hash, :account_id, :sub_user_id, :now)"),
+                "VALUES (:id, :secret_hash, :account_id, :sub_user_id, :now)",
                 {"id": key_id, "secret_hash": secret_hash, "account_id": account_id,
                  "sub_user_id": sub_user_id, "now": now()})
 
@@ -261,8 +300,8 @@ class MetadataStore:
 
     def revoke_access_key(self, key_id: str) -> bool:
         with self._write() as connection:
-            result = connection.execute(text(
-                "UPDATE access_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL"),
+            result = connection.execute(
+                "UPDATE access_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL",
                 {"now": now(), "id": key_id})
         return result.rowcount == 1
 
@@ -272,7 +311,7 @@ class MetadataStore:
 
     def set_account_disabled(self, account_id: str, disabled: bool) -> None:
         with self._write() as connection:
-            connection.execute(text("UPDATE accounts SET disabled = :d WHERE id = :id"),
+            connection.execute("UPDATE accounts SET disabled = :d WHERE id = :id",
                                {"d": disabled, "id": account_id})
 
     # Sub-users and their policies.
@@ -280,9 +319,9 @@ class MetadataStore:
     def create_sub_user(self, account_id: str, name: str) -> SubUser:
         sub_user = SubUser(new_id(), account_id, name, False, now())
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO sub_users (id, account_id, name, disabled, created_at) "
-                "VALUES (:id, :a, :name, false, :now)"),
+                "VALUES (:id, :a, :name, false, :now)",
                 {"id": sub_user.id, "a": account_id, "name": name, "now": sub_user.created_at})
         return sub_user
 
@@ -300,15 +339,15 @@ class MetadataStore:
 
     def set_sub_user_disabled(self, sub_user_id: str, disabled: bool) -> None:
         with self._write() as connection:
-            connection.execute(text("UPDATE sub_users SET disabled = :d WHERE id = :id"),
+            connection.execute("UPDATE sub_users SET disabled = :d WHERE id = :id",
                                {"d": disabled, "id": sub_user_id})
 
     def set_policy(self, sub_user_id: str, statements: list[dict[str, Any]]) -> None:
         document = json.dumps(statements)
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO sub_user_policies (sub_user_id, statements, updated_at) VALUES (:s, :doc, :now) "
-                "ON CONFLICT (sub_user_id) DO UPDATE SET statements = :doc, updated_at = :now"),
+                "ON CONFLICT (sub_user_id) DO UPDATE SET statements = :doc, updated_at = :now",
                 {"s": sub_user_id, "doc": document, "now": now()})
 
     def get_policy(self, sub_user_id: str) -> list[dict[str, Any]]:
@@ -322,9 +361,9 @@ class MetadataStore:
                         repository_quota: int = 300) -> Instance:
         instance_id = new_id()
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO instances (id, account_id, region, name, legacy, namespace_quota, "
-                "repository_quota, created_at) VALUES (:id, :account_id, :region, :name, :legacy, :nq, :rq, :at)"),
+                "repository_quota, created_at) VALUES (:id, :account_id, :region, :name, :legacy, :nq, :rq, :at)",
                 {"id": instance_id, "account_id": account_id, "region": region, "name": name,
                  "legacy": legacy, "nq": namespace_quota, "rq": repository_quota, "at": created_at or now()})
         instance = self.get_instance(instance_id)
@@ -346,8 +385,8 @@ class MetadataStore:
 
     def update_quotas(self, instance_id: str, namespace_quota: int, repository_quota: int) -> None:
         with self._write() as connection:
-            connection.execute(text("UPDATE instances SET namespace_quota = :nq, repository_quota = :rq "
-                                    "WHERE id = :id"), {"nq": namespace_quota, "rq": repository_quota,
+            connection.execute("UPDATE instances SET namespace_quota = :nq, repository_quota = :rq "
+                                    "WHERE id = :id", {"nq": namespace_quota, "rq": repository_quota,
                                                          "id": instance_id})
 
     def list_legacy_instances(self, account_id: str, region: str) -> list[Instance]:
@@ -358,21 +397,21 @@ class MetadataStore:
     def claim_password_holder(self, instance_id: str, sub_user_id: str) -> bool:
         """Make `sub_user_id` the holder unless another sub-user already is; True if it holds it now."""
         with self._write() as connection:
-            result = connection.execute(text(
+            result = connection.execute(
                 "UPDATE instances SET password_holder = :s WHERE id = :id "
-                "AND (password_holder IS NULL OR password_holder = :s)"), {"s": sub_user_id, "id": instance_id})
+                "AND (password_holder IS NULL OR password_holder = :s)", {"s": sub_user_id, "id": instance_id})
         return result.rowcount == 1
 
     def revoke_password_holder(self, instance_id: str) -> str | None:
         """Clear the holder and delete the holder's login password; return the former holder."""
         with self._write() as connection:
-            row = connection.execute(text("SELECT password_holder FROM instances WHERE id = :id"),
+            row = connection.execute("SELECT password_holder FROM instances WHERE id = :id",
                                      {"id": instance_id}).first()
             holder = row.password_holder if row else None
             if holder:
-                connection.execute(text("UPDATE instances SET password_holder = NULL WHERE id = :id"),
+                connection.execute("UPDATE instances SET password_holder = NULL WHERE id = :id",
                                    {"id": instance_id})
-                connection.execute(text("DELETE FROM login_passwords WHERE instance_id = :id AND sub_user_id = :s"),
+                connection.execute("DELETE FROM login_passwords WHERE instance_id = :id AND sub_user_id = :s",
                                    {"id": instance_id, "s": holder})
         return holder
 
@@ -386,19 +425,19 @@ class MetadataStore:
 
     def set_login_password(self, instance_id: str, sub_user_id: str, password_hash: str) -> LoginPassword:
         with self._write() as connection:
-            row = connection.execute(text(
-                "SELECT generation FROM login_passwords WHERE instance_id = :i AND sub_user_id = :s"),
+            row = connection.execute(
+                "SELECT generation FROM login_passwords WHERE instance_id = :i AND sub_user_id = :s",
                 {"i": instance_id, "s": sub_user_id}).first()
             generation = (row.generation + 1) if row else 1
             if row:
-                connection.execute(text(
+                connection.execute(
                     "UPDATE login_passwords SET password_hash = :h, generation = :g, updated_at = :now "
-                    "WHERE instance_id = :i AND sub_user_id = :s"),
+                    "WHERE instance_id = :i AND sub_user_id = :s",
                     {"h": password_hash, "g": generation, "now": now(), "i": instance_id, "s": sub_user_id})
             else:
-                connection.execute(text(
+                connection.execute(
                     "INSERT INTO login_passwords (instance_id, sub_user_id, password_hash, generation, updated_at)"
-                    " VALUES (:i, :s, :h, :g, :now)"),
+                    " VALUES (:i, :s, :h, :g, :now)",
                     {"h": password_hash, "g": generation, "now": now(), "i": instance_id, "s": sub_user_id})
         return LoginPassword(instance_id, sub_user_id, password_hash, generation)
 
@@ -412,9 +451,9 @@ class MetadataStore:
     def create_namespace(self, instance: Instance, name: str, auto_create: bool,
                          default_visibility: str) -> Namespace:
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO namespaces (instance_id, name, region, legacy, auto_create, default_visibility, "
-                "created_at) VALUES (:i, :name, :region, :legacy, :auto, :visibility, :now)"),
+                "created_at) VALUES (:i, :name, :region, :legacy, :auto, :visibility, :now)",
                 {"i": instance.id, "name": name, "region": instance.region, "legacy": instance.legacy,
                  "auto": auto_create, "visibility": default_visibility, "now": now()})
         return Namespace(instance.id, name, auto_create, default_visibility, now())
@@ -430,20 +469,20 @@ class MetadataStore:
 
     def update_namespace(self, instance_id: str, name: str, auto_create: bool, default_visibility: str) -> None:
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "UPDATE namespaces SET auto_create = :auto, default_visibility = :v "
-                "WHERE instance_id = :i AND name = :name"),
+                "WHERE instance_id = :i AND name = :name",
                 {"auto": auto_create, "v": default_visibility, "i": instance_id, "name": name})
 
     def delete_namespace(self, instance_id: str, name: str) -> bool:
         """Delete an empty namespace; False when it still holds repositories."""
         with self._write() as connection:
-            used = connection.execute(text(
-                "SELECT count(*) AS n FROM repositories WHERE instance_id = :i AND namespace = :name"),
+            used = connection.execute(
+                "SELECT count(*) AS n FROM repositories WHERE instance_id = :i AND namespace = :name",
                 {"i": instance_id, "name": name}).first().n
             if used:
                 return False
-            connection.execute(text("DELETE FROM namespaces WHERE instance_id = :i AND name = :name"),
+            connection.execute("DELETE FROM namespaces WHERE instance_id = :i AND name = :name",
                                {"i": instance_id, "name": name})
         return True
 
@@ -460,36 +499,36 @@ class MetadataStore:
     def create_repository(self, instance: Instance, namespace: Namespace, name: str) -> Repository | None:
         """Create `name` unless the repository quota is reached (then return None); idempotent."""
         with self._write() as connection:
-            existing = connection.execute(text(
-                "SELECT * FROM repositories WHERE instance_id = :i AND name = :name"),
+            existing = connection.execute(
+                "SELECT * FROM repositories WHERE instance_id = :i AND name = :name",
                 {"i": instance.id, "name": name}).first()
             if existing:
                 return _repository(existing)
-            count = connection.execute(text("SELECT count(*) AS n FROM repositories WHERE instance_id = :i"),
+            count = connection.execute("SELECT count(*) AS n FROM repositories WHERE instance_id = :i",
                                        {"i": instance.id}).first().n
             if count >= instance.repository_quota:
                 return None
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO repositories (instance_id, namespace, name, visibility, summary, description, "
-                "created_at) VALUES (:i, :namespace, :name, :visibility, '', '', :now)"),
+                "created_at) VALUES (:i, :namespace, :name, :visibility, '', '', :now)",
                 {"i": instance.id, "namespace": namespace.name, "name": name,
                  "visibility": namespace.default_visibility, "now": now()})
-            row = connection.execute(text("SELECT * FROM repositories WHERE instance_id = :i AND name = :name"),
+            row = connection.execute("SELECT * FROM repositories WHERE instance_id = :i AND name = :name",
                                      {"i": instance.id, "name": name}).first()
         return _repository(row)
 
     def update_repository(self, repository_id: int, visibility: str, summary: str, description: str) -> None:
         with self._write() as connection:
-            connection.execute(text(
-                "UPDATE repositories SET visibility = :v, summary = :s, description = :d WHERE id = :id"),
+            connection.execute(
+                "UPDATE repositories SET visibility = :v, summary = :s, description = :d WHERE id = :id",
                 {"v": visibility, "s": summary, "d": description, "id": repository_id})
 
     def delete_repository(self, repository_id: int) -> None:
         """Delete a repository with its manifests, tags, blob links and uploads; blob files stay for GC."""
         with self._write() as connection:
             for table in ("tags", "manifest_references", "manifests", "repository_blobs", "uploads"):
-                connection.execute(text(f"DELETE FROM {table} WHERE repository_id = :id"), {"id": repository_id})
-            connection.execute(text("DELETE FROM repositories WHERE id = :id"), {"id": repository_id})
+                connection.execute(f"DELETE FROM {table} WHERE repository_id = :id", {"id": repository_id})
+            connection.execute("DELETE FROM repositories WHERE id = :id", {"id": repository_id})
 
     def list_repositories(self, instance_id: str, after: str = "", limit: int | None = None) -> list[Repository]:
         sql = "SELECT * FROM repositories WHERE instance_id = :i AND name > :after ORDER BY name"
@@ -504,12 +543,12 @@ class MetadataStore:
     def add_blob(self, region: str, digest: str, size: int, repository_id: int) -> None:
         """Record a stored blob in its region and link it into a repository, in one transaction."""
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO blobs (region, digest, size, created_at) VALUES (:r, :d, :s, :now) "
-                "ON CONFLICT DO NOTHING"), {"r": region, "d": digest, "s": size, "now": now()})
-            connection.execute(text(
+                "ON CONFLICT DO NOTHING", {"r": region, "d": digest, "s": size, "now": now()})
+            connection.execute(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (:id, :d, :now) "
-                "ON CONFLICT DO NOTHING"), {"id": repository_id, "d": digest, "now": now()})
+                "ON CONFLICT DO NOTHING", {"id": repository_id, "d": digest, "now": now()})
 
     def linked_blob_size(self, repository_id: int, region: str, digest: str) -> int | None:
         """Return the size of `digest` if the repository links it, else None."""
@@ -520,25 +559,24 @@ class MetadataStore:
 
     def link_blob(self, repository_id: int, digest: str) -> None:
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (:id, :d, :now) "
-                "ON CONFLICT DO NOTHING"), {"id": repository_id, "d": digest, "now": now()})
+                "ON CONFLICT DO NOTHING", {"id": repository_id, "d": digest, "now": now()})
 
     def unlink_blob(self, repository_id: int, digest: str) -> bool:
         with self._write() as connection:
-            result = connection.execute(text(
-                "DELETE FROM repository_blobs WHERE repository_id = :id AND digest = :d"),
+            result = connection.execute(
+                "DELETE FROM repository_blobs WHERE repository_id = :id AND digest = :d",
                 {"id": repository_id, "d": digest})
         return result.rowcount > 0
 
     def missing_blobs(self, repository_id: int, digests: Sequence[str]) -> list[str]:
         if not digests:
             return []
-        with self._read() as connection:
-            present = {row.digest for row in connection.execute(text(
-                "SELECT digest FROM repository_blobs WHERE repository_id = :id AND digest IN "
-                f"({', '.join(f':d{i}' for i in range(len(digests)))})"),
-                {"id": repository_id, **{f"d{i}": d for i, d in enumerate(digests)}})}
+        placeholders = ", ".join(f":d{i}" for i in range(len(digests)))
+        rows = self._all(f"SELECT digest FROM repository_blobs WHERE repository_id = :id AND digest IN "
+                         f"({placeholders})", id=repository_id, **{f"d{i}": d for i, d in enumerate(digests)})
+        present = {row.digest for row in rows}
         return [digest for digest in digests if digest not in present]
 
     # Uploads.
@@ -546,9 +584,9 @@ class MetadataStore:
     def create_upload(self, repository_id: int, region: str) -> Upload:
         upload = Upload(new_id(32), repository_id, region, 0, None, now())
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO uploads (id, repository_id, region, size, created_at, updated_at) "
-                "VALUES (:id, :repository_id, :region, 0, :now, :now)"),
+                "VALUES (:id, :repository_id, :region, 0, :now, :now)",
                 {"id": upload.id, "repository_id": repository_id, "region": region, "now": upload.created_at})
         return upload
 
@@ -562,15 +600,15 @@ class MetadataStore:
     def advance_upload(self, upload_id: str, expected_size: int, size: int, hash_state: bytes) -> bool:
         """Record that the upload grew from `expected_size` to `size`; False if another request moved it."""
         with self._write() as connection:
-            result = connection.execute(text(
+            result = connection.execute(
                 "UPDATE uploads SET size = :size, hash_state = :state, updated_at = :now "
-                "WHERE id = :id AND size = :expected"),
+                "WHERE id = :id AND size = :expected",
                 {"size": size, "state": hash_state, "now": now(), "id": upload_id, "expected": expected_size})
         return result.rowcount == 1
 
     def delete_upload(self, upload_id: str) -> None:
         with self._write() as connection:
-            connection.execute(text("DELETE FROM uploads WHERE id = :id"), {"id": upload_id})
+            connection.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
 
     # Manifests and tags.
 
@@ -578,23 +616,23 @@ class MetadataStore:
         """Store a manifest, what it references and its tag atomically: readers see all or nothing."""
         manifest = record.manifest
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, "
                 "size, content, created_at) VALUES (:r, :d, :mt, :at, :subject, :annotations, :size, :content, "
-                ":now) ON CONFLICT DO NOTHING"),
+                ":now) ON CONFLICT DO NOTHING",
                 {"r": repository_id, "d": manifest.digest, "mt": manifest.media_type,
                  "at": manifest.artifact_type, "subject": manifest.subject, "annotations": manifest.annotations,
                  "size": manifest.size, "content": manifest.content, "now": now()})
             references = [(d, "blob") for d in record.blob_digests] + [(d, "manifest") for d in record.child_digests]
             for child, kind in references:
-                connection.execute(text(
+                connection.execute(
                     "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind) "
-                    "VALUES (:r, :m, :c, :k) ON CONFLICT DO NOTHING"),
+                    "VALUES (:r, :m, :c, :k) ON CONFLICT DO NOTHING",
                     {"r": repository_id, "m": manifest.digest, "c": child, "k": kind})
             if record.tag is not None:
-                connection.execute(text(
+                connection.execute(
                     "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (:r, :t, :d, :now) "
-                    "ON CONFLICT (repository_id, name) DO UPDATE SET digest = :d, updated_at = :now"),
+                    "ON CONFLICT (repository_id, name) DO UPDATE SET digest = :d, updated_at = :now",
                     {"r": repository_id, "t": record.tag, "d": manifest.digest, "now": now()})
 
     def find_manifest(self, instance_id: str, repository: str, reference: str, by_digest: bool
@@ -639,19 +677,19 @@ class MetadataStore:
     def delete_manifest(self, repository_id: int, digest: str) -> bool:
         """Delete a manifest and every tag that points to it."""
         with self._write() as connection:
-            deleted = connection.execute(text(
-                "DELETE FROM manifests WHERE repository_id = :r AND digest = :d"),
+            deleted = connection.execute(
+                "DELETE FROM manifests WHERE repository_id = :r AND digest = :d",
                 {"r": repository_id, "d": digest}).rowcount
-            connection.execute(text("DELETE FROM tags WHERE repository_id = :r AND digest = :d"),
+            connection.execute("DELETE FROM tags WHERE repository_id = :r AND digest = :d",
                                {"r": repository_id, "d": digest})
-            connection.execute(text(
-                "DELETE FROM manifest_references WHERE repository_id = :r AND manifest_digest = :d"),
+            connection.execute(
+                "DELETE FROM manifest_references WHERE repository_id = :r AND manifest_digest = :d",
                 {"r": repository_id, "d": digest})
         return deleted > 0
 
     def delete_tag(self, repository_id: int, tag: str) -> bool:
         with self._write() as connection:
-            result = connection.execute(text("DELETE FROM tags WHERE repository_id = :r AND name = :t"),
+            result = connection.execute("DELETE FROM tags WHERE repository_id = :r AND name = :t",
                                         {"r": repository_id, "t": tag})
         return result.rowcount > 0
 
@@ -683,11 +721,21 @@ class MetadataStore:
     def audit(self, account_id: str | None, actor: str, action: str, resource: str, source_address: str,
               detail: dict[str, Any] | None = None) -> None:
         with self._write() as connection:
-            connection.execute(text(
+            connection.execute(
                 "INSERT INTO audit_log (at, account_id, actor, action, resource, source_address, detail) "
-                "VALUES (:at, :account_id, :actor, :action, :resource, :source, :detail)"),
+                "VALUES (:at, :account_id, :actor, :action, :resource, :source, :detail)",
                 {"at": now(), "account_id": account_id, "actor": actor, "action": action, "resource": resource,
                  "source": source_address, "detail": json.dumps(detail or {})})
+
+
+def _sqlite_result(cursor: sqlite3.Cursor) -> _Result:
+    rows = cursor.fetchall() if cursor.description else []
+    return _Result(rows, cursor.rowcount)
+
+
+def _sqlalchemy_result(result: Any) -> _Result:
+    rows = list(result) if result.returns_rows else []
+    return _Result(rows, result.rowcount)
 
 
 class Row(dict[str, Any]):
