@@ -18,7 +18,10 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 CACHE_SECONDS = 60
 _CACHE_MAX_ENTRIES = 10_000
 
-_hasher = PasswordHasher()
+# argon2id with OWASP's recommended minimum (19 MiB, 2 iterations, 1 lane). The library default takes 64 MiB
+# per verification, which would dominate a worker's peak memory during login bursts. Hashes encode their
+# own parameters, so older hashes still verify.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 _cache_key = secrets.token_bytes(32)
 _verified: dict[bytes, float] = {}
 
