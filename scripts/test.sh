@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real clients for the end-to-end tests, and the tools that build the test image from Debian's packages.
-DEBIAN_PACKAGES=(skopeo podman buildah umoci mmdebstrap uidmap fuse-overlayfs curl ca-certificates)
+# Real clients for the end-to-end tests (skopeo, podman, docker, containerd), and the tools that build
+# the test image from Debian's packages (mmdebstrap, umoci).
+DEBIAN_PACKAGES=(skopeo podman umoci mmdebstrap docker.io containerd curl ca-certificates)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
