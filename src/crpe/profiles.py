@@ -49,7 +49,8 @@ def save(name: str, profile: Profile, make_default: bool = False) -> Path:
     """Write one profile; the file is readable by its owner only because it holds a secret."""
     config = load_all()
     config.setdefault("profiles", {})[name] = asdict(profile)
-    if make_default or "default_profile" not in config:
+    # The first profile, or one written while the default names no profile, becomes the default.
+    if make_default or config.get("default_profile") not in config["profiles"]:
         config["default_profile"] = name
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,12 @@ def create_control_app(services: Services) -> FastAPI:
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
         problems = []
         for item in error.errors():
+            if item.get("type") == "json_invalid":
+                position = item.get("loc", ("body", "?"))[-1]
+                reason = item.get("ctx", {}).get("error", "decode error")
+                problems.append(f"the request body is not valid JSON ({reason} at character {position}); "
+                                "send a JSON object")
+                continue
             where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
             problems.append(f"{where}: {item.get('msg')}")
         return JSONResponse({"error": {"code": "INVALID_REQUEST", "message": "; ".join(problems)}}, 400)

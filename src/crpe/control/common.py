@@ -26,7 +26,8 @@ class ControlError(HTTPException):
 
 
 def not_found(kind: str, name: str, hint: str) -> ControlError:
-    return ControlError(404, f"{kind.upper().replace(' ', '_')}_NOT_FOUND", f"{kind} {name!r} not found; {hint}")
+    code = kind.upper().replace(" ", "_").replace("-", "_")
+    return ControlError(404, f"{code}_NOT_FOUND", f"{kind} {name!r} not found; {hint}")
 
 
 @dataclass

@@ -196,6 +196,8 @@ def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
         raise Denied(decision.reason)
     if not authenticated:
         return  # Anonymous pull of a public repository on a legacy instance.
+    if action is policy.Action.PULL and instance.legacy and repository is not None and repository.public:
+        return  # What anyone may read anonymously, a signed-in caller without pull permission may read too.
     assert call.claims is not None
     if existence_check and call.claims.allows("repository", name, "push"):
         return
