@@ -6,6 +6,7 @@ import logging
 
 from crpe.auth.passwords import hash_secret, new_access_key
 from crpe.auth.tokens import load_or_create_key
+from crpe.metadata import migrate
 from crpe.metadata.store import MetadataStore
 from crpe.profiles import Profile, save
 from crpe.services import signing_key_path
@@ -18,9 +19,9 @@ ADMIN_ACCOUNT = "admin"
 
 def prepare(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = MetadataStore.for_data_dir(settings.data_dir)
+    migrate.upgrade(settings.database_url)
+    store = MetadataStore(settings.database_url)
     try:
-        store.create_schema()
         load_or_create_key(signing_key_path(settings.data_dir))
         if store.count_accounts() == 0:
             account = store.create_account(ADMIN_ACCOUNT, is_admin=True)

@@ -39,6 +39,8 @@ app.add_typer(access_key_app, name="access-key")
 app.add_typer(repository_app, name="repository")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+db_app = typer.Typer(help="The metadata database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 
 class OutputFormat(StrEnum):
@@ -107,6 +109,8 @@ def serve(
     domain: Annotated[str | None, typer.Option(help="Base domain of registry host names (env CRPE_DOMAIN).")]
     = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes; 0 means one per CPU core.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Metadata database (env CRPE_DATABASE_URL); default "
+                                                          "SQLite in the data directory.")] = None,
 ) -> None:
     """Run the registry and control plane on the embedded default (SQLite and the local filesystem)."""
     from crpe import bootstrap, logs
@@ -114,7 +118,8 @@ def serve(
 
     logs.configure()
     try:
-        settings = from_environment(data_dir=data_dir, listen=listen, domain=domain, workers=workers)
+        settings = from_environment(data_dir=data_dir, listen=listen, domain=domain, workers=workers,
+                                    database_url=database_url)
     except SettingsError as error:
         raise CliError(str(error)) from None
     bootstrap.prepare(settings)
@@ -195,6 +200,26 @@ def password_set(instance: Annotated[str, typer.Option("--instance", help="Insta
 
 
 InstanceOption = Annotated[str, typer.Option("--instance", help="Instance id.")]
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data_dir: Annotated[str | None, typer.Option(help="Data directory of the embedded SQLite database.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Database URL (env CRPE_DATABASE_URL), for example "
+                                                          "postgresql://crpe@db.example:5432/crpe.")] = None,
+) -> None:
+    """Migrate the metadata database to the newest schema; `crpe serve` also does this at start."""
+    from crpe.metadata import migrate
+    from crpe.settings import SettingsError, from_environment
+
+    try:
+        settings = from_environment(data_dir=data_dir, database_url=database_url)
+    except SettingsError as error:
+        raise CliError(str(error)) from None
+    if not settings.database:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    revision = migrate.upgrade(settings.database_url)
+    typer.echo(f"database at revision {revision}")
 
 
 @app.command()

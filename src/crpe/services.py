@@ -29,7 +29,7 @@ class Services:
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
-        store = MetadataStore.for_data_dir(settings.data_dir)
+        store = MetadataStore(settings.database_url)
         tokens = TokenService(load_or_create_key(signing_key_path(settings.data_dir)),
                               settings.token_ttl_seconds, settings.refresh_token_ttl_seconds)
         blob_stores = {region.id: FilesystemBlobStore(settings.data_dir / "storage" / region.id)

@@ -69,6 +69,8 @@ class Settings:
     namespace_quota: int = 3
     repository_quota: int = 300
     access_log: bool = True
+    # "" means the embedded default: SQLite in the data directory.
+    database: str = ""
 
     def region(self, region_id: str) -> Region | None:
         for region in self.regions:
@@ -81,8 +83,8 @@ class Settings:
         return [region.id for region in self.regions]
 
     @property
-    def database_path(self) -> Path:
-        return self.data_dir / "crpe.sqlite3"
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data_dir / 'crpe.sqlite3'}"
 
     def to_environment(self) -> dict[str, str]:
         """Encode the settings for worker processes, which rebuild them with `from_environment`."""
@@ -102,6 +104,7 @@ class Settings:
             "CRPE_NAMESPACE_QUOTA": str(self.namespace_quota),
             "CRPE_REPOSITORY_QUOTA": str(self.repository_quota),
             "CRPE_ACCESS_LOG": "true" if self.access_log else "false",
+            "CRPE_DATABASE_URL": self.database,
         }
 
 
@@ -185,7 +188,21 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
         namespace_quota=namespace_quota,
         repository_quota=repository_quota,
         access_log=env.get("CRPE_ACCESS_LOG", "true").lower() in ("1", "true", "yes"),
+        database=normalize_database_url(str(overrides.get("database_url") or env.get("CRPE_DATABASE_URL") or "")),
     )
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept postgresql:// and postgres:// URLs and pick the psycopg 3 driver; reject other schemes."""
+    if not url:
+        return ""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith("sqlite:///"):
+        return url
+    raise SettingsError(f"database URL {url.split('://')[0]}://... is not supported; use "
+                        "postgresql://user:password@host:port/database or sqlite:///path")
 
 
 def _integer(value: object, setting: str, minimum: int) -> int:

@@ -182,14 +182,10 @@ class MetadataStore:
         return create_engine(self.url, pool_pre_ping=True)
 
     def create_schema(self) -> None:
-        from sqlalchemy import create_engine
+        """Bring the database to the newest schema revision."""
+        from crpe.metadata import migrate
 
-        from crpe.metadata.schema import metadata
-
-        engine = self._engine or create_engine(self.url)
-        metadata.create_all(engine)
-        if self._engine is None:
-            engine.dispose()
+        migrate.upgrade(self.url)
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
