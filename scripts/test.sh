@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # Real clients for the end-to-end tests (skopeo, podman, docker, containerd), and the tools that build
 # the test image from Debian's packages (mmdebstrap, umoci).
-DEBIAN_PACKAGES=(skopeo podman umoci mmdebstrap docker.io containerd curl ca-certificates)
+DEBIAN_PACKAGES=(skopeo podman umoci mmdebstrap docker.io containerd postgresql curl ca-certificates)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do

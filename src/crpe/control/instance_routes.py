@@ -165,15 +165,15 @@ def create_namespace(instance_id: str, body: NamespaceCreate, context: Caller) -
     store = context.store
     if store.get_namespace(instance.id, body.name) is not None:
         raise ControlError(409, "NAMESPACE_EXISTS", f"namespace {body.name!r} already exists in this instance")
-    if store.count_namespaces(instance.id) >= instance.namespace_quota:
-        raise ControlError(403, "QUOTA_EXCEEDED", f"the instance has reached its namespace quota of "
-                           f"{instance.namespace_quota}; delete a namespace or ask the administrator to raise it")
     try:
         namespace = store.create_namespace(instance, body.name, body.auto_create, body.default_visibility)
     except Conflict:
         # Legacy namespaces are unique per region, across accounts.
         raise ControlError(409, "NAMESPACE_EXISTS", f"namespace {body.name!r} is already taken in region "
                            f"{instance.region}; choose another name") from None
+    if namespace is None:
+        raise ControlError(403, "QUOTA_EXCEEDED", f"the instance has reached its namespace quota of "
+                           f"{instance.namespace_quota}; delete a namespace or ask the administrator to raise it")
     context.audit("namespace.create", f"instance/{instance.id}/{body.name}")
     return namespace_view(namespace)
 

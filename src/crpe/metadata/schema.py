@@ -175,7 +175,7 @@ audit_log = Table(
     Column("account_id", String(32)),
     Column("actor", String(160), nullable=False),
     Column("action", String(64), nullable=False),
-    Column("resource", String(256), nullable=False),
+    Column("resource", Text, nullable=False),
     Column("source_address", String(64), nullable=False, server_default=""),
     Column("detail", Text, nullable=False, server_default=""),
 )

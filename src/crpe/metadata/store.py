@@ -195,6 +195,15 @@ class MetadataStore:
         if self._engine is not None:
             self._engine.dispose()
 
+    def _lock_instance(self, connection: _Transaction, instance_id: str) -> None:
+        """Serialize check-then-insert writes inside one instance (quotas, repository creation).
+
+        SQLite needs nothing: BEGIN IMMEDIATE already lets one writer in at a time. PostgreSQL's READ COMMITTED
+        would let two transactions both pass a count check, so they queue on the instance's row.
+        """
+        if not self.is_sqlite:
+            connection.execute("SELECT id FROM instances WHERE id = :i FOR UPDATE", {"i": instance_id})
+
     @contextmanager
     def _write(self) -> Iterator[_Transaction]:
         """Run one transaction; on SQLite it begins IMMEDIATE so concurrent writers wait instead of failing."""
@@ -420,22 +429,19 @@ class MetadataStore:
     # Login passwords.
 
     def set_login_password(self, instance_id: str, sub_user_id: str, password_hash: str) -> LoginPassword:
+        """Set a login password; each change bumps its generation, which retires older refresh tokens."""
         with self._write() as connection:
-            row = connection.execute(
+            # One upsert, so two first settings at once cannot both insert.
+            connection.execute(
+                "INSERT INTO login_passwords (instance_id, sub_user_id, password_hash, generation, updated_at) "
+                "VALUES (:i, :s, :h, 1, :now) ON CONFLICT (instance_id, sub_user_id) DO UPDATE SET "
+                "password_hash = excluded.password_hash, generation = login_passwords.generation + 1, "
+                "updated_at = excluded.updated_at",
+                {"h": password_hash, "now": now(), "i": instance_id, "s": sub_user_id})
+            generation = connection.execute(
                 "SELECT generation FROM login_passwords WHERE instance_id = :i AND sub_user_id = :s",
-                {"i": instance_id, "s": sub_user_id}).first()
-            generation = (row.generation + 1) if row else 1
-            if row:
-                connection.execute(
-                    "UPDATE login_passwords SET password_hash = :h, generation = :g, updated_at = :now "
-                    "WHERE instance_id = :i AND sub_user_id = :s",
-                    {"h": password_hash, "g": generation, "now": now(), "i": instance_id, "s": sub_user_id})
-            else:
-                connection.execute(
-                    "INSERT INTO login_passwords (instance_id, sub_user_id, password_hash, generation, updated_at)"
-                    " VALUES (:i, :s, :h, :g, :now)",
-                    {"h": password_hash, "g": generation, "now": now(), "i": instance_id, "s": sub_user_id})
-        return LoginPassword(instance_id, sub_user_id, password_hash, generation)
+                {"i": instance_id, "s": sub_user_id}).first().generation
+        return LoginPassword(instance_id, sub_user_id, password_hash, int(generation))
 
     def get_login_password(self, instance_id: str, sub_user_id: str) -> LoginPassword | None:
         row = self._one("SELECT * FROM login_passwords WHERE instance_id = :i AND sub_user_id = :s",
@@ -445,8 +451,14 @@ class MetadataStore:
     # Namespaces.
 
     def create_namespace(self, instance: Instance, name: str, auto_create: bool,
-                         default_visibility: str) -> Namespace:
+                         default_visibility: str) -> Namespace | None:
+        """Create a namespace unless the instance's namespace quota is reached (then return None)."""
         with self._write() as connection:
+            self._lock_instance(connection, instance.id)
+            count = connection.execute("SELECT count(*) AS n FROM namespaces WHERE instance_id = :i",
+                                       {"i": instance.id}).first().n
+            if count >= instance.namespace_quota:
+                return None
             connection.execute(
                 "INSERT INTO namespaces (instance_id, name, region, legacy, auto_create, default_visibility, "
                 "created_at) VALUES (:i, :name, :region, :legacy, :auto, :visibility, :now)",
@@ -473,6 +485,7 @@ class MetadataStore:
     def delete_namespace(self, instance_id: str, name: str) -> bool:
         """Delete an empty namespace; False when it still holds repositories."""
         with self._write() as connection:
+            self._lock_instance(connection, instance_id)
             used = connection.execute(
                 "SELECT count(*) AS n FROM repositories WHERE instance_id = :i AND namespace = :name",
                 {"i": instance_id, "name": name}).first().n
@@ -495,6 +508,7 @@ class MetadataStore:
     def create_repository(self, instance: Instance, namespace: Namespace, name: str) -> Repository | None:
         """Create `name` unless the repository quota is reached (then return None); idempotent."""
         with self._write() as connection:
+            self._lock_instance(connection, instance.id)
             existing = connection.execute(
                 "SELECT * FROM repositories WHERE instance_id = :i AND name = :name",
                 {"i": instance.id, "name": name}).first()

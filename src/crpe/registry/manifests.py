@@ -18,6 +18,8 @@ DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
 IMAGE_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 SUPPORTED_TYPES = IMAGE_TYPES + INDEX_TYPES
+# RFC 6838 allows 127 characters for a media type's type and for its subtype; with the slash, 255.
+MAX_MEDIA_TYPE_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     artifact_type = document.get("artifactType")
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise ManifestInvalid("manifest artifactType must be a string")
+    if artifact_type is not None and len(artifact_type) > MAX_MEDIA_TYPE_LENGTH:
+        raise ManifestInvalid(f"manifest artifactType is {len(artifact_type)} characters long; a media type has at "
+                              f"most {MAX_MEDIA_TYPE_LENGTH}")
     annotations = document.get("annotations")
     if annotations is not None and not (isinstance(annotations, dict)
                                         and all(isinstance(v, str) for v in annotations.values())):
@@ -102,6 +107,9 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
     if not isinstance(media_type, str) or not media_type:
         raise ManifestInvalid(f"manifest {where} has no mediaType")
+    if len(media_type) > MAX_MEDIA_TYPE_LENGTH:
+        raise ManifestInvalid(f"manifest {where} mediaType is {len(media_type)} characters long; a media type has "
+                              f"at most {MAX_MEDIA_TYPE_LENGTH}")
     if not isinstance(digest, str):
         raise ManifestInvalid(f"manifest {where} has no digest")
     try:

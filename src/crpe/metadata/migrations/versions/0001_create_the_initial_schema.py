@@ -32,7 +32,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.String(length=32), nullable=True),
         sa.Column("actor", sa.String(length=160), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
-        sa.Column("resource", sa.String(length=256), nullable=False),
+        sa.Column("resource", sa.Text(), nullable=False),
         sa.Column("source_address", sa.String(length=64), server_default="", nullable=False),
         sa.Column("detail", sa.Text(), server_default="", nullable=False),
         sa.PrimaryKeyConstraint("id"),
