@@ -353,7 +353,7 @@ def repository_delete(name: Annotated[str, typer.Argument(help="<namespace>/<rep
 @password_app.command("revoke-holder")
 def password_revoke_holder(instance: InstanceOption, output: OutputOption = OutputFormat.table,
                            profile: ProfileOption = None) -> None:
-    """Revoke the sub-user who holds the instance's login password, so another may set it (account only)."""
+    """Revoke the instance's login password holder, so another sub-user may set it (account only)."""
     emit(Client(profile).request("DELETE", f"/instances/{instance}/password-holder"), output,
          ["instance_id", "revoked_holder"])
 

@@ -38,7 +38,7 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class Request:
-    """What the policy needs to know about one registry request."""
+    """The facts about one registry request that the policy decides on."""
 
     action: Action
     authenticated: bool
@@ -95,7 +95,7 @@ def decide(request: Request, public_host: str, vpc_host: str) -> Decision:
             and not request.public_endpoint_pull_allowed):
         if request.existence_check and request.caller_may_push:
             # Pushing clients HEAD blobs and manifests to skip what the repository already has; that reveals
-            # no content, so a caller who may push gets the answer on the public endpoint too.
+            # no content, so a caller who may push gets the response on the public endpoint too.
             return ALLOW
         return Decision(Outcome.DENY, f"pulling through the public endpoint {public_host} is not allowed for "
                                       f"this instance; pull through its VPC endpoint {vpc_host} instead")

@@ -46,7 +46,7 @@ def load(name: str | None) -> Profile:
 
 
 def save(name: str, profile: Profile, make_default: bool = False) -> Path:
-    """Write one profile; the file is readable by its owner only because it holds a secret."""
+    """Write one profile; the file is readable by its owner only because it contains a secret."""
     config = load_all()
     config.setdefault("profiles", {})[name] = asdict(profile)
     # The first profile, or one written while the default names no profile, becomes the default.

@@ -1,4 +1,4 @@
-"""What a principal may do; no I/O.
+"""Permissions of principals on instances and repositories; no I/O.
 
 A sub-user's policy is a list of statements `{"effect": "allow"|"deny", "actions": [...], "resources": [...]}`.
 Actions are pull, push, delete and manage, or `*`. Resources are `instance/<id>` (the instance itself, for

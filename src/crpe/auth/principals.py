@@ -1,4 +1,4 @@
-"""Who is calling: an account, one of its sub-users, or nobody."""
+"""The caller: an account or one of its sub-users."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ TEMPORARY_CREDENTIAL_SECONDS = 3600
 
 
 class InvalidToken(Exception):
-    """A token failed verification; the message says why, without echoing the token."""
+    """A token failed verification; the message gives the reason without echoing the token."""
 
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:

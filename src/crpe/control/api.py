@@ -1,7 +1,7 @@
 """The control-plane application: routes under /api/v1 and one shape for every error.
 
 Callers authenticate with an access key as HTTP Basic credentials (key id as user name, secret as
-password). A resource the caller may not see answers 404, the same as a missing one.
+password). A resource the caller may not see returns 404, the same as a missing one.
 """
 
 import logging

@@ -1,4 +1,4 @@
-"""What every control-plane route shares: errors, the authenticated caller and the audit log."""
+"""Parts shared by every control-plane route: errors, the authenticated caller and the audit log."""
 
 import base64
 import re
@@ -18,7 +18,7 @@ PRINCIPAL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 
 
 class ControlError(HTTPException):
-    """A control-plane failure with a stable code and a message that says what to do."""
+    """A control-plane failure with a stable code and a message that tells the caller what to do."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(status, message)

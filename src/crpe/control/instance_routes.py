@@ -206,8 +206,8 @@ def delete_namespace(instance_id: str, name: str, context: Caller) -> dict[str, 
     if context.store.get_namespace(instance.id, name) is None:
         raise not_found("namespace", name, f"list them with `crpe namespace list --instance {instance.id}`")
     if not context.store.delete_namespace(instance.id, name):
-        raise ControlError(409, "NAMESPACE_NOT_EMPTY", f"namespace {name!r} still holds repositories; delete them "
-                           "first")
+        raise ControlError(409, "NAMESPACE_NOT_EMPTY", f"namespace {name!r} is not empty: it contains "
+                           "repositories; delete them first")
     context.audit("namespace.delete", f"instance/{instance.id}/{name}")
     return {"instance_id": instance.id, "name": name, "deleted": True}
 
@@ -320,7 +320,7 @@ def revoke_password_holder(instance_id: str, context: Caller) -> dict[str, Any]:
     instance = context.visible_instance(instance_id)
     holder_id = context.store.revoke_password_holder(instance.id)
     if holder_id is None:
-        raise ControlError(404, "PASSWORD_HOLDER_NOT_FOUND", f"no sub-user holds the login password of instance "
+        raise ControlError(404, "PASSWORD_HOLDER_NOT_FOUND", f"no sub-user is the login password holder of instance "
                            f"{instance.id}")
     holder = context.store.get_sub_user_by_id(holder_id)
     context.audit("password.revoke_holder", f"instance/{instance.id}", holder=holder.name if holder else holder_id)

@@ -142,7 +142,7 @@ manifests = Table(
     Index("manifests_by_subject", "repository_id", "subject"),
 )
 
-# What each manifest references: blobs (config, layers) and child manifests (of an index).
+# References from each manifest: blobs (config, layers) and child manifests (of an index).
 manifest_references = Table(
     "manifest_references", metadata,
     Column("repository_id", Integer, primary_key=True),

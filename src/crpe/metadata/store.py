@@ -1,7 +1,8 @@
 """Queries over the metadata database.
 
-Reads on SQLite run on the caller's thread (they take microseconds); every write is one transaction that
-begins IMMEDIATE on SQLite, so concurrent worker processes serialize instead of failing with SQLITE_BUSY.
+Reads on SQLite run on the caller's thread because they take microseconds. Every write is one transaction,
+which begins IMMEDIATE on SQLite so that concurrent worker processes wait for each other instead of failing
+with SQLITE_BUSY.
 """
 
 from __future__ import annotations
@@ -400,7 +401,7 @@ class MetadataStore:
         return [_instance(row) for row in rows]
 
     def claim_password_holder(self, instance_id: str, sub_user_id: str) -> bool:
-        """Make `sub_user_id` the holder unless another sub-user already is; True if it holds it now."""
+        """Make `sub_user_id` the holder unless another sub-user already is; return whether it is the holder."""
         with self._write() as connection:
             result = connection.execute(
                 "UPDATE instances SET password_holder = :s WHERE id = :id "
@@ -483,7 +484,7 @@ class MetadataStore:
                 {"auto": auto_create, "v": default_visibility, "i": instance_id, "name": name})
 
     def delete_namespace(self, instance_id: str, name: str) -> bool:
-        """Delete an empty namespace; False when it still holds repositories."""
+        """Delete an empty namespace; return False when it still contains repositories."""
         with self._write() as connection:
             self._lock_instance(connection, instance_id)
             used = connection.execute(

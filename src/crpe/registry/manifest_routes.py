@@ -20,7 +20,7 @@ from crpe.registry.responses import API_VERSION_HEADER, EmptyResponse
 def _check_reference(reference: str, name: str, writing: bool = False) -> bool:
     """Validate a tag or digest reference and tell whether it is a digest.
 
-    An invalid tag names no manifest, so reads and deletes answer 404 MANIFEST_UNKNOWN; a push answers 400.
+    An invalid tag names no manifest, so reads and deletes return 404 MANIFEST_UNKNOWN, and a push returns 400.
     """
     if is_digest(reference):
         parse_digest(reference)

@@ -25,7 +25,7 @@ def error_response(error: RegistryError, head: bool = False) -> Response:
     body = json.dumps(error.body()).encode()
     headers = {**API_VERSION_HEADER, **error.headers}
     if head:
-        # A HEAD answer carries the headers of the GET answer but no body.
+        # A HEAD response carries the headers of the GET response but no body.
         return EmptyResponse(error.status, {**headers, "Content-Type": "application/json",
                                             "Content-Length": str(len(body))})
     return Response(body, error.status, headers, media_type="application/json")

@@ -93,7 +93,7 @@ def _require_method(method: str, path: str, allowed: tuple[str, ...]) -> None:
 
 
 def _base(call: Call) -> Response:
-    """Answer the API version check, which is also how clients discover the token realm."""
+    """Respond to the API version check, which is also how clients discover the token realm."""
     ok = json_response({}, headers=dict(API_VERSION_HEADER))
     exclusive = call.endpoint.instance_id is not None
     check_network_and_client(call, legacy=not exclusive or resolve_instance(call, None).legacy)

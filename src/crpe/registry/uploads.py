@@ -57,7 +57,7 @@ async def start_upload(call: Call, name: str) -> Response:
         if source and _can_mount(call, instance, source, mount):
             store.link_blob(repository.id, mount)
             return EmptyResponse(201, _created_headers(name, mount))
-        # Without a readable source the spec asks for an ordinary upload session instead.
+        # Without a readable source the spec requires an ordinary upload session instead.
 
     digest = params.get("digest")
     upload = store.create_upload(repository.id, instance.region)
