@@ -26,6 +26,7 @@ from crpe.metadata import migrate
 from crpe.metadata.store import (
     AccessKey,
     Account,
+    BlobsMissing,
     Conflict,
     Instance,
     LoginPassword,
@@ -567,9 +568,9 @@ def test_repository_delete_cascades(store: MetadataStore, database_url: str, ins
     store.add_blob(REGION, layer, 5, repository.id)
     upload = store.create_upload(repository.id, REGION)
     image = manifest_of(b'{"layers":["layer"]}')
-    store.put_manifest(repository.id, record_of(image, tag="latest", blobs=(layer,)))
+    store.put_manifest(repository.instance_id, repository.id, record_of(image, tag="latest", blobs=(layer,)))
     signature = manifest_of(b'{"subject":"image"}', subject=image.digest, artifact_type="application/x-signature")
-    store.put_manifest(repository.id, record_of(signature, blobs=(layer,)))
+    store.put_manifest(repository.instance_id, repository.id, record_of(signature, blobs=(layer,)))
     tables = ("tags", "manifest_references", "manifests", "repository_blobs", "uploads")
     assert {table: count_rows(database_url, table, repository.id) for table in tables} == {
         "tags": 1, "manifest_references": 2, "manifests": 2, "repository_blobs": 1, "uploads": 1}
@@ -729,8 +730,8 @@ def test_delete_upload(store: MetadataStore, repository: Repository) -> None:
 def test_put_manifest_with_tag(store: MetadataStore, repository: Repository) -> None:
     image = manifest_of(b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}')
 
-    store.put_manifest(repository.id, record_of(image, tag="latest"))
-    store.put_manifest(repository.id, record_of(image, tag="latest"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(image, tag="latest"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(image, tag="latest"))
 
     assert store.get_manifest(repository.id, "latest", by_digest=False) == image
     assert store.get_manifest(repository.id, image.digest, by_digest=True) == image
@@ -744,8 +745,8 @@ def test_manifest_bytes_round_trip(store: MetadataStore, instance: Instance, rep
     # 4 MiB that repeat every byte value, so the body is not valid UTF-8 either.
     large = manifest_of(bytes(range(256)) * (FOUR_MIB // 256), media_type=OCI_INDEX)
 
-    store.put_manifest(repository.id, record_of(binary, tag="binary"))
-    store.put_manifest(repository.id, record_of(large, tag="large"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(binary, tag="binary"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(large, tag="large"))
 
     for manifest, tag in ((binary, "binary"), (large, "large")):
         by_tag = store.get_manifest(repository.id, tag, by_digest=False)
@@ -762,7 +763,7 @@ def test_manifest_bytes_round_trip(store: MetadataStore, instance: Instance, rep
 def test_find_manifest_with_and_without_manifest(store: MetadataStore, instance: Instance,
                                                  repository: Repository) -> None:
     image = manifest_of(b'{"find":1}')
-    store.put_manifest(repository.id, record_of(image, tag="v1"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(image, tag="v1"))
 
     assert store.find_manifest(instance.id, repository.name, "v1", by_digest=False) == (repository, image)
     assert store.find_manifest(instance.id, repository.name, image.digest, by_digest=True) == (repository, image)
@@ -778,8 +779,8 @@ def test_tag_moves_to_new_digest(store: MetadataStore, instance: Instance, repos
     old = manifest_of(b'{"version":1}')
     new = manifest_of(b'{"version":2}')
 
-    store.put_manifest(repository.id, record_of(old, tag="latest"))
-    store.put_manifest(repository.id, record_of(new, tag="latest"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(old, tag="latest"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(new, tag="latest"))
 
     assert store.get_manifest(repository.id, "latest", by_digest=False) == new
     assert store.find_manifest(instance.id, repository.name, "latest", by_digest=False) == (repository, new)
@@ -787,13 +788,26 @@ def test_tag_moves_to_new_digest(store: MetadataStore, instance: Instance, repos
     assert store.list_tags(repository.id, "", None) == ["latest"]
 
 
+def test_put_manifest_rejects_unlinked_blobs(store: MetadataStore, repository: Repository) -> None:
+    image = manifest_of(b'{"unlinked":true}')
+
+    with pytest.raises(BlobsMissing) as raised:
+        store.put_manifest(repository.instance_id, repository.id, record_of(image, tag="x", blobs=(sha256(b"nope"),)))
+
+    assert raised.value.digests == [sha256(b"nope")]
+    assert store.get_manifest(repository.id, "x", by_digest=False) is None
+
+
 def test_delete_manifest_removes_its_tags(store: MetadataStore, database_url: str,
                                           repository: Repository) -> None:
     doomed = manifest_of(b'{"doomed":true}')
     index = manifest_of(b'{"manifests":["doomed"]}', media_type=OCI_INDEX)
-    store.put_manifest(repository.id, record_of(doomed, tag="a", blobs=(sha256(b"config"), sha256(b"layer"))))
-    store.put_manifest(repository.id, record_of(doomed, tag="b"))
-    store.put_manifest(repository.id, record_of(index, tag="c", children=(doomed.digest,)))
+    for blob in (b"config", b"layer"):
+        store.add_blob("cn-hangzhou", sha256(blob), len(blob), repository.id)
+    doomed_record = record_of(doomed, tag="a", blobs=(sha256(b"config"), sha256(b"layer")))
+    store.put_manifest(repository.instance_id, repository.id, doomed_record)
+    store.put_manifest(repository.instance_id, repository.id, record_of(doomed, tag="b"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(index, tag="c", children=(doomed.digest,)))
 
     assert store.delete_manifest(repository.id, doomed.digest) is True
 
@@ -808,8 +822,8 @@ def test_delete_manifest_removes_its_tags(store: MetadataStore, database_url: st
 
 def test_delete_tag_keeps_manifest(store: MetadataStore, repository: Repository) -> None:
     image = manifest_of(b'{"tagged":true}')
-    store.put_manifest(repository.id, record_of(image, tag="v1"))
-    store.put_manifest(repository.id, record_of(image, tag="v2"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(image, tag="v1"))
+    store.put_manifest(repository.instance_id, repository.id, record_of(image, tag="v2"))
 
     assert store.delete_tag(repository.id, "v1") is True
 
@@ -822,7 +836,7 @@ def test_delete_tag_keeps_manifest(store: MetadataStore, repository: Repository)
 def test_list_tags_paging(store: MetadataStore, repository: Repository) -> None:
     image = manifest_of(b'{"paging":true}')
     for tag in ["v1", "latest", "V2", "a_b", "1.0", "_internal"]:
-        store.put_manifest(repository.id, record_of(image, tag=tag))
+        store.put_manifest(repository.instance_id, repository.id, record_of(image, tag=tag))
 
     # Code point order, as SQLite and a database with locale C sort: digits, upper case, "_", lower case.
     assert store.list_tags(repository.id, "", None) == ["1.0", "V2", "_internal", "a_b", "latest", "v1"]
@@ -835,7 +849,7 @@ def test_list_tags_paging(store: MetadataStore, repository: Repository) -> None:
 
 def test_missing_manifests(store: MetadataStore, repository: Repository) -> None:
     present = manifest_of(b'{"present":true}')
-    store.put_manifest(repository.id, record_of(present))
+    store.put_manifest(repository.instance_id, repository.id, record_of(present))
     absent = [sha256(b"absent-1"), sha256(b"absent-2")]
 
     assert store.missing_manifests(repository.id, [absent[0], present.digest, absent[1]]) == absent
@@ -855,7 +869,7 @@ def test_list_referrers_by_subject(store: MetadataStore, repository: Repository)
     unrelated = manifest_of(b'{"unrelated":true}', artifact_type="application/spdx+json",
                             subject=other_image.digest)
     for manifest in (image, other_image, sbom, signature, plain, unrelated):
-        store.put_manifest(repository.id, record_of(manifest))
+        store.put_manifest(repository.instance_id, repository.id, record_of(manifest))
 
     referrers = store.list_referrers(repository.id, image.digest)
 

@@ -202,6 +202,40 @@ def password_set(instance: Annotated[str, typer.Option("--instance", help="Insta
 InstanceOption = Annotated[str, typer.Option("--instance", help="Instance id.")]
 
 
+@app.command()
+def gc(
+    data_dir: Annotated[str | None, typer.Option(help="Data directory (env CRPE_DATA_DIR).")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Database URL (env CRPE_DATABASE_URL).")] = None,
+    grace_period: Annotated[int, typer.Option(help="Keep anything younger than this many seconds.")] = 24 * 3600,
+    dry_run: Annotated[bool, typer.Option(help="Report what would be removed, and remove nothing.")] = False,
+    delete_untagged: Annotated[bool, typer.Option(help="Also remove manifests that no tag, index or subject "
+                                                       "keeps.")] = False,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Remove abandoned uploads and unreferenced blobs while the registry keeps serving."""
+    from crpe import gc as collector
+    from crpe.metadata.store import MetadataStore
+    from crpe.settings import SettingsError, from_environment
+    from crpe.storage import FilesystemBlobStore
+
+    if grace_period < 0:
+        raise CliError("--grace-period must be 0 or more seconds")
+    try:
+        settings = from_environment(data_dir=data_dir, database_url=database_url)
+    except SettingsError as error:
+        raise CliError(str(error)) from None
+    if not settings.database and not (settings.data_dir / "crpe.sqlite3").exists():
+        raise CliError(f"no crpe database in {settings.data_dir}; pass --data-dir of a registry")
+    store = MetadataStore(settings.database_url)
+    blob_stores = {region.id: FilesystemBlobStore(settings.data_dir / "storage" / region.id)
+                   for region in settings.regions}
+    try:
+        report = collector.collect(store, blob_stores, grace_period, dry_run, delete_untagged)
+    finally:
+        store.close()
+    emit(report.view(), output, ["dry_run", "uploads", "untagged_manifests", "links", "blobs", "bytes"])
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     data_dir: Annotated[str | None, typer.Option(help="Data directory of the embedded SQLite database.")] = None,

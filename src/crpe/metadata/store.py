@@ -138,6 +138,14 @@ class Conflict(Exception):
     """A write broke a uniqueness rule, such as a duplicate namespace name."""
 
 
+class BlobsMissing(Exception):
+    """A manifest references blobs that its repository does not link (any more)."""
+
+    def __init__(self, digests: list[str]) -> None:
+        super().__init__(", ".join(digests))
+        self.digests = digests
+
+
 class _Result:
     """The part of a query result the store uses, the same for sqlite3 and SQLAlchemy."""
 
@@ -554,9 +562,11 @@ class MetadataStore:
     def add_blob(self, region: str, digest: str, size: int, repository_id: int) -> None:
         """Record a stored blob in its region and link it into a repository, in one transaction."""
         with self._write() as connection:
+            # Touching created_at makes a concurrent garbage collection see a fresh blob and keep it.
             connection.execute(
                 "INSERT INTO blobs (region, digest, size, created_at) VALUES (:r, :d, :s, :now) "
-                "ON CONFLICT DO NOTHING", {"r": region, "d": digest, "s": size, "now": now()})
+                "ON CONFLICT (region, digest) DO UPDATE SET created_at = excluded.created_at",
+                {"r": region, "d": digest, "s": size, "now": now()})
             connection.execute(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (:id, :d, :now) "
                 "ON CONFLICT DO NOTHING", {"id": repository_id, "d": digest, "now": now()})
@@ -623,10 +633,23 @@ class MetadataStore:
 
     # Manifests and tags.
 
-    def put_manifest(self, repository_id: int, record: ManifestRecord) -> None:
-        """Store a manifest, what it references and its tag atomically: readers see all or nothing."""
+    def put_manifest(self, instance_id: str, repository_id: int, record: ManifestRecord) -> None:
+        """Store a manifest, what it references and its tag atomically: readers see all or nothing.
+
+        The blob links are checked again inside the transaction, which garbage collection of the same instance
+        cannot interleave with, so a stored manifest never references a blob that was just collected.
+        """
         manifest = record.manifest
         with self._write() as connection:
+            self._lock_instance(connection, instance_id)
+            if record.blob_digests:
+                placeholders = ", ".join(f":d{i}" for i in range(len(record.blob_digests)))
+                present = {row.digest for row in connection.execute(
+                    f"SELECT digest FROM repository_blobs WHERE repository_id = :r AND digest IN ({placeholders})",
+                    {"r": repository_id, **{f"d{i}": d for i, d in enumerate(record.blob_digests)}})}
+                missing = [d for d in record.blob_digests if d not in present]
+                if missing:
+                    raise BlobsMissing(missing)
             connection.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, "
                 "size, content, created_at) VALUES (:r, :d, :mt, :at, :subject, :annotations, :size, :content, "
@@ -717,6 +740,78 @@ class MetadataStore:
                          "WHERE repository_id = :r AND subject = :s ORDER BY digest", r=repository_id, s=subject)
         return [Manifest(row.digest, row.media_type, int(row.size), b"", row.artifact_type, subject,
                          row.annotations) for row in rows]
+
+    # Garbage collection.
+
+    def gc_instance_ids(self) -> list[str]:
+        return [row.id for row in self._all("SELECT id FROM instances ORDER BY id")]
+
+    def gc_stale_uploads(self, cutoff: int) -> list[tuple[str, str, int]]:
+        rows = self._all("SELECT id, region, size FROM uploads WHERE updated_at < :cutoff", cutoff=cutoff)
+        return [(row.id, row.region, int(row.size)) for row in rows]
+
+    def upload_ids(self) -> set[str]:
+        return {row.id for row in self._all("SELECT id FROM uploads")}
+
+    def gc_untagged_manifests(self, instance_id: str, cutoff: int, dry_run: bool) -> int:
+        """Delete manifests older than `cutoff` with no tag, no parent index and no subject in the repository."""
+        condition = ("m.created_at < :cutoff AND m.repository_id IN (SELECT id FROM repositories WHERE instance_id "
+                     "= :i) AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id AND "
+                     "t.digest = m.digest) AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE "
+                     "r.repository_id = m.repository_id AND r.child_digest = m.digest) AND NOT EXISTS (SELECT 1 "
+                     "FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject)")
+        params = {"cutoff": cutoff, "i": instance_id}
+        if dry_run:
+            return int(self._one(f"SELECT count(*) AS n FROM manifests m WHERE {condition}", **params).n)
+        with self._write() as connection:
+            self._lock_instance(connection, instance_id)
+            doomed = list(connection.execute(f"SELECT m.repository_id, m.digest FROM manifests m WHERE {condition}",
+                                             params))
+            for row in doomed:
+                for table, column in (("manifest_references", "manifest_digest"), ("manifests", "digest")):
+                    connection.execute(f"DELETE FROM {table} WHERE repository_id = :r AND {column} = :d",
+                                       {"r": row.repository_id, "d": row.digest})
+        return len(doomed)
+
+    def gc_unreferenced_links(self, instance_id: str, cutoff: int, dry_run: bool) -> int:
+        """Delete blob links older than `cutoff` that no manifest of their repository references."""
+        condition = ("l.created_at < :cutoff AND l.repository_id IN (SELECT id FROM repositories WHERE "
+                     "instance_id = :i) AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE "
+                     "r.repository_id = l.repository_id AND r.child_digest = l.digest)")
+        params = {"cutoff": cutoff, "i": instance_id}
+        if dry_run:
+            return int(self._one(f"SELECT count(*) AS n FROM repository_blobs l WHERE {condition}", **params).n)
+        with self._write() as connection:
+            # Manifest PUTs of this instance wait meanwhile, and re-check their links after.
+            self._lock_instance(connection, instance_id)
+            return connection.execute(f"DELETE FROM repository_blobs AS l WHERE {condition}", params).rowcount
+
+    def gc_unlinked_blobs(self, cutoff: int, after_link_collection: bool = False) -> list[tuple[str, str, int]]:
+        """List blobs older than `cutoff` that no repository links.
+
+        With `after_link_collection`, links that `gc_unreferenced_links` would delete count as gone already,
+        which is what a dry run reports.
+        """
+        surviving = ""
+        if after_link_collection:
+            surviving = (" AND NOT (l.created_at < :cutoff AND NOT EXISTS (SELECT 1 FROM manifest_references r "
+                         "WHERE r.repository_id = l.repository_id AND r.child_digest = l.digest))")
+        rows = self._all("SELECT b.region, b.digest, b.size FROM blobs b WHERE b.created_at < :cutoff AND NOT "
+                         f"EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = b.digest{surviving})",
+                         cutoff=cutoff)
+        return [(row.region, row.digest, int(row.size)) for row in rows]
+
+    def gc_delete_blob_row(self, region: str, digest: str, cutoff: int) -> bool:
+        """Delete a blob's row if it is still unlinked and older than `cutoff`."""
+        with self._write() as connection:
+            return connection.execute(
+                "DELETE FROM blobs WHERE region = :r AND digest = :d AND created_at < :cutoff AND NOT EXISTS "
+                "(SELECT 1 FROM repository_blobs l WHERE l.digest = :d)",
+                {"r": region, "d": digest, "cutoff": cutoff}).rowcount == 1
+
+    def blob_recorded(self, region: str, digest: str) -> bool:
+        return self._one("SELECT 1 AS present FROM blobs WHERE region = :r AND digest = :d",
+                         r=region, d=digest) is not None
 
     # Audit log.
 

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from crpe import policy
 from crpe.digests import compute, is_digest, parse_digest
 from crpe.errors import DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestTooLarge, ManifestUnknown
-from crpe.metadata.store import Manifest, ManifestRecord
+from crpe.metadata.store import BlobsMissing, Manifest, ManifestRecord
 from crpe.registry.access import Call, authorize, resolve_instance
 from crpe.registry.manifests import parse_manifest
 from crpe.registry.names import TAG_PATTERN, validate_repository
@@ -89,14 +89,19 @@ async def put_manifest(call: Call, name: str, reference: str) -> Response:
         raise ManifestBlobUnknown(f"index references {len(missing)} manifest(s) not pushed to {name}: "
                                   f"{', '.join(missing)}; push them first", detail={"digests": missing})
 
-    store.put_manifest(repository.id, ManifestRecord(
+    record = ManifestRecord(
         manifest=Manifest(digest, parsed.media_type, len(body), body, parsed.artifact_type,
                           parsed.subject.digest if parsed.subject else None,
                           json.dumps(parsed.annotations) if parsed.annotations else None),
         blob_digests=[blob.digest for blob in parsed.blobs],
         child_digests=[child.digest for child in parsed.children],
         tag=None if by_digest else reference,
-    ))
+    )
+    try:
+        store.put_manifest(instance.id, repository.id, record)
+    except BlobsMissing as error:
+        raise ManifestBlobUnknown(f"manifest references {len(error.digests)} blob(s) not pushed to {name}: "
+                                  f"{error}; push the blobs first", detail={"digests": error.digests}) from None
     headers = {**API_VERSION_HEADER, "Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
     if parsed.subject:
         headers["OCI-Subject"] = parsed.subject.digest

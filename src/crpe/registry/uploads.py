@@ -231,10 +231,11 @@ async def _finish(call: Call, instance: Instance, repository: Repository, upload
         raise DigestInvalid(f"digest {digest} does not match the uploaded content ({size} bytes hash to "
                             f"{actual}); the upload was discarded, push the blob again",
                             detail={"digest": digest})
-    if blobs.size(digest) is None:
-        await anyio.to_thread.run_sync(blobs.commit_upload, upload.id, digest)
-    else:
-        blobs.delete_upload(upload.id)  # The region already stores these bytes.
+    # File, then database row and link, then the file again: garbage collection may have moved an unlinked
+    # older copy of these bytes away in between, and the second placement puts the blob back.
+    await anyio.to_thread.run_sync(blobs.place_blob, upload.id, digest)
     store.add_blob(instance.region, digest, size, repository.id)
+    await anyio.to_thread.run_sync(blobs.place_blob, upload.id, digest)
+    blobs.delete_upload(upload.id)
     store.delete_upload(upload.id)
     return EmptyResponse(201, _created_headers(repository.name, digest))

@@ -5,9 +5,10 @@ Layout under a region's root, computed by `FilesystemBlobStore.blob_path`:
     <root>/
       blobs/<algorithm>/<first two hex characters>/<hex>   content, immutable once renamed into place
       uploads/<upload id>                                  bytes received so far for one upload session
+      trash/<random>                                       blobs garbage collection is about to delete
 
-A blob file appears under `blobs/` only by an atomic rename after its bytes are fsynced and its digest is
-verified, so a crash leaves at most an orphaned upload file, never a partial blob.
+A blob file appears under `blobs/` only as a hard link to an upload file whose bytes are fsynced and whose
+digest is verified, so a crash leaves at most an orphaned upload file, never a partial blob.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class FilesystemBlobStore:
         self.root = root
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         (root / "uploads").mkdir(parents=True, exist_ok=True)
+        (root / "trash").mkdir(parents=True, exist_ok=True)
 
     def blob_path(self, digest: str) -> Path:
         algorithm, encoded = digest.split(":", 1)
@@ -81,12 +83,48 @@ class FilesystemBlobStore:
                 hasher.update(chunk)
         return f"{algorithm}:{hasher.hexdigest()}"
 
-    def commit_upload(self, upload_id: str, digest: str) -> None:
-        """Move a verified, fsynced upload into place as blob `digest`."""
+    def place_blob(self, upload_id: str, digest: str) -> None:
+        """Make blob `digest` exist, hard-linking the verified, fsynced upload file if it is missing.
+
+        The upload file stays until the caller deletes it, so the caller can place the blob again after
+        recording it, in case garbage collection moved an older copy away in between.
+        """
         target = self.blob_path(digest)
+        if target.exists():
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.upload_path(upload_id), target)
+        try:
+            os.link(self.upload_path(upload_id), target)
+        except FileExistsError:
+            return  # Another push of the same content placed it first.
         _fsync_directory(target.parent)
+
+    def trash_blob(self, digest: str) -> Path | None:
+        """Move a blob out of reach before deleting it; return where it went, or None if it was gone."""
+        trash = self.root / "trash" / f"{digest.replace(':', '-')}.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
+            os.rename(self.blob_path(digest), trash)
+        except FileNotFoundError:
+            return None
+        return trash
+
+    def restore_blob(self, trash: Path, digest: str) -> None:
+        """Put a trashed blob back; a copy placed meanwhile by a push has the same bytes."""
+        target = self.blob_path(digest)
+        try:
+            os.link(trash, target)
+        except FileExistsError:
+            pass
+        trash.unlink()
+
+    def upload_ids(self) -> list[str]:
+        return [entry.name for entry in os.scandir(self.root / "uploads")]
+
+    def upload_mtime(self, upload_id: str) -> float | None:
+        try:
+            return self.upload_path(upload_id).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def delete_upload(self, upload_id: str) -> None:
         self.upload_path(upload_id).unlink(missing_ok=True)

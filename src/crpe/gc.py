@@ -1,0 +1,92 @@
+"""Online garbage collection: abandoned uploads, unreferenced blob links, then unlinked blob files.
+
+It runs while the registry serves. Everything younger than the grace period stays, so a push in flight
+keeps its uploads and blob links until its manifest arrives. Races with pushes are closed in two places:
+a manifest PUT re-checks its blob links inside a write transaction that cannot interleave with this
+collector's deletion of that instance's links, and a blob file is moved to a trash folder, then restored
+if a push recorded the blob again in the meantime (pushes place the file again after recording it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from crpe.metadata.store import MetadataStore, now
+from crpe.storage import FilesystemBlobStore
+
+log = logging.getLogger("crpe.gc")
+
+DEFAULT_GRACE_SECONDS = 24 * 3600
+
+
+@dataclass
+class Report:
+    dry_run: bool
+    uploads: int = 0
+    upload_bytes: int = 0
+    untagged_manifests: int = 0
+    links: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+
+    def view(self) -> dict[str, object]:
+        return {"dry_run": self.dry_run, "uploads": self.uploads, "upload_bytes": self.upload_bytes,
+                "untagged_manifests": self.untagged_manifests, "links": self.links, "blobs": self.blobs,
+                "blob_bytes": self.blob_bytes, "bytes": self.upload_bytes + self.blob_bytes}
+
+
+def collect(store: MetadataStore, blob_stores: dict[str, FilesystemBlobStore], grace_seconds: int,
+            dry_run: bool, delete_untagged: bool = False) -> Report:
+    report = Report(dry_run)
+    cutoff = now() - grace_seconds
+    _collect_uploads(store, blob_stores, cutoff, dry_run, report)
+    for instance_id in store.gc_instance_ids():
+        if delete_untagged:
+            report.untagged_manifests += store.gc_untagged_manifests(instance_id, cutoff, dry_run)
+        report.links += store.gc_unreferenced_links(instance_id, cutoff, dry_run)
+    for region, digest, size in store.gc_unlinked_blobs(cutoff, after_link_collection=dry_run):
+        blobs = blob_stores.get(region)
+        if blobs is None:
+            continue
+        if dry_run:
+            report.blobs += 1
+            report.blob_bytes += size
+            continue
+        if not store.gc_delete_blob_row(region, digest, cutoff):
+            continue  # A push linked or touched it since the listing.
+        trash = blobs.trash_blob(digest)
+        if trash is None:
+            continue
+        if store.blob_recorded(region, digest):
+            blobs.restore_blob(trash, digest)  # A push recorded these bytes again in the meantime.
+            continue
+        trash.unlink()
+        report.blobs += 1
+        report.blob_bytes += size
+    log.info("garbage collection finished", extra={f"gc.{key}": value for key, value in report.view().items()})
+    return report
+
+
+def _collect_uploads(store: MetadataStore, blob_stores: dict[str, FilesystemBlobStore], cutoff: int,
+                     dry_run: bool, report: Report) -> None:
+    known = set()
+    for upload_id, region, size in store.gc_stale_uploads(cutoff):
+        known.add(upload_id)
+        report.uploads += 1
+        report.upload_bytes += size
+        if not dry_run:
+            store.delete_upload(upload_id)
+            if region in blob_stores:
+                blob_stores[region].delete_upload(upload_id)
+    # Upload files without a row: left by a crash between a blob's placement and the upload's deletion.
+    live = store.upload_ids()
+    for blobs in blob_stores.values():
+        for upload_id in blobs.upload_ids():
+            mtime = blobs.upload_mtime(upload_id)
+            if upload_id in live or upload_id in known or mtime is None or mtime >= cutoff:
+                continue
+            report.uploads += 1
+            report.upload_bytes += blobs.upload_size(upload_id) or 0
+            if not dry_run:
+                blobs.delete_upload(upload_id)
