@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +25,11 @@ def registry(gc_server: CrpeServer) -> Iterator[RegistryClient]:
     client.close()
 
 
-def run_gc(server: CrpeServer, *args: str) -> dict:
+def run_gc(server: CrpeServer, *args: str, settle: bool = True) -> dict:
+    """Run `crpe gc`; by default first wait past the current second, because timestamps are whole seconds and
+    even a zero grace period keeps what was touched within the second the collection starts."""
+    if settle:
+        time.sleep(1.1)
     result = server.cli("gc", "--data-dir", str(server.root / "data"), "--output", "json", *args)
     return json.loads(result.stdout)
 
@@ -145,7 +150,7 @@ def test_gc_during_pushes_loses_nothing(gc_server: CrpeServer, registry: Registr
 
     def collect_repeatedly() -> None:
         while not stop.is_set() and len(collections) < 200:
-            collections.append(run_gc(gc_server, "--grace-period", "0"))
+            collections.append(run_gc(gc_server, "--grace-period", "0", settle=False))
 
     collector = threading.Thread(target=collect_repeatedly)
     collector.start()

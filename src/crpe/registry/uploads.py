@@ -234,8 +234,7 @@ async def _finish(call: Call, instance: Instance, repository: Repository, upload
     # File, then database row and link, then the file again: garbage collection may have moved an unlinked
     # older copy of these bytes away in between, and the second placement puts the blob back.
     await anyio.to_thread.run_sync(blobs.place_blob, upload.id, digest)
-    store.add_blob(instance.region, digest, size, repository.id)
+    store.add_blob(instance.region, digest, size, repository.id, upload_id=upload.id)
     await anyio.to_thread.run_sync(blobs.place_blob, upload.id, digest)
     blobs.delete_upload(upload.id)
-    store.delete_upload(upload.id)
     return EmptyResponse(201, _created_headers(repository.name, digest))
