@@ -10,7 +10,7 @@ docs/benchmarks.md.
 
 Run as root from the repository root:
 
-    python3 benchmarks/compare.py            # full run, 3 rounds, about 10 minutes on 2 cores
+    python3 benchmarks/compare.py            # full run, 3 rounds: 6 minutes measured on 2 cores
     python3 benchmarks/compare.py --quick    # smoke run with small images and short loads
     python3 benchmarks/compare.py --registry distribution   # without crpe
 """
@@ -35,16 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from oci_layout import OCI_MANIFEST, Image, write_image
 from report import Report
-from servers import (
-    BenchmarkError,
-    Crpe,
-    Distribution,
-    Nginx,
-    Registry,
-    describe_exchange,
-    http_request,
-    tail,
-)
+from servers import BenchmarkError, Crpe, Distribution, Nginx, Registry, describe_exchange, http_request, tail
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -79,17 +70,16 @@ class Settings:
     concurrent_pushes: int = 8
     small_layers: int = 64
     small_layer_bytes: int = 16 << 10
-    wrk_seconds: int = 10
-    wrk_warmup_seconds: int = 1
-    wrk_connections: int = 32
+    blob_downloads: int = 3
+    load_seconds: int = 10
+    load_warmup_seconds: int = 1
+    load_connections: int = 32
     wrk_threads: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         if args.quick:
-            settings = cls(
-                rounds=3, quick=True, blob_bytes=64 * MIB, concurrent_image_bytes=8 * MIB, wrk_seconds=3
-            )
+            settings = cls(rounds=3, quick=True, blob_bytes=64 * MIB, concurrent_image_bytes=8 * MIB, load_seconds=3)
         else:
             settings = cls(rounds=3, quick=False, blob_bytes=1024 * MIB, concurrent_image_bytes=128 * MIB)
         if args.rounds is not None:
@@ -127,7 +117,7 @@ def wait_for_package_manager(timeout: float = 1200) -> None:
     ):
         if time.monotonic() > deadline:
             raise BenchmarkError(
-                f"apt-get or dpkg still runs after {timeout:.0f} s; rerun the benchmark when it has finished"
+                f"apt-get or dpkg is still running after {timeout:.0f} s; rerun the benchmark when it has finished"
             )
         if not announced:
             log("waiting for a running apt-get or dpkg to finish")
@@ -223,6 +213,7 @@ def collect_versions(crpe_binary: str | None) -> dict[str, str]:
         {
             "distribution": command_output(["/usr/bin/docker-registry", "--version"]),
             "skopeo": command_output(["skopeo", "--version"]),
+            "hey": "Debian package " + command_output(["dpkg-query", "-W", "-f=${Version}", "hey"]),
             "wrk": command_output(["wrk", "-v"]),
             "curl": command_output(["curl", "--version"]),
             "nginx": command_output([find_command("nginx") or "nginx", "-v"]),
@@ -240,11 +231,26 @@ def describe_machine() -> dict[str, str]:
             cpu_model = line.split(":", 1)[1].strip()
             break
     memory_kib = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")
     )
     return {"cores": str(os.cpu_count()), "memory": f"{memory_kib / MIB:.1f} GiB", "CPU model": cpu_model}
+
+
+def machine_busy_seconds() -> float:
+    """Return the CPU time all cores have spent outside idle and iowait since boot."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """Return the CPU time of this process and of the children it has waited for.
+
+    The servers' workers and the clients are waited for by their parents, so their time
+    is included once the run has stopped them.
+    """
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 # Clients
@@ -304,8 +310,21 @@ def skopeo_copy(
     return elapsed
 
 
-def curl_download(url: str, port: int, headers: dict[str, str], expected_bytes: int) -> float:
-    """Download `url` through 127.0.0.1:`port` to /dev/null and return MiB/s."""
+def curl_download(url: str, port: int, headers: dict[str, str], expected_bytes: int, count: int) -> float:
+    """Download `url` `count` times through 127.0.0.1:`port` to /dev/null and return MiB/s.
+
+    The rate is the total byte count over the total transfer time, because a single 1 GiB
+    download takes under a second and its rate varied widely between rounds.
+    """
+    total_bytes, total_seconds = 0, 0.0
+    for _ in range(count):
+        size, seconds = download_once(url, port, headers, expected_bytes)
+        total_bytes += size
+        total_seconds += seconds
+    return total_bytes / total_seconds / MIB
+
+
+def download_once(url: str, port: int, headers: dict[str, str], expected_bytes: int) -> tuple[int, float]:
     command = [
         "curl",
         "-sS",
@@ -325,17 +344,14 @@ def curl_download(url: str, port: int, headers: dict[str, str], expected_bytes: 
     status, size, seconds = result.stdout.split()
     if status != "200" or int(size) != expected_bytes:
         raise BenchmarkError(
-            f"curl GET {url} returned HTTP {status} with {size} bytes, "
-            f"expected HTTP 200 with {expected_bytes} bytes"
+            f"curl GET {url} returned HTTP {status} with {size} bytes, expected HTTP 200 with {expected_bytes} bytes"
         )
-    return int(size) / float(seconds) / MIB
+    return int(size), float(seconds)
 
 
-def run_wrk(
-    settings: Settings, port: int, path: str, headers: dict[str, str], seconds: int
-) -> tuple[float, int, str]:
+def run_wrk(settings: Settings, port: int, path: str, headers: dict[str, str], seconds: int) -> tuple[float, int, str]:
     """Run wrk against 127.0.0.1:`port`; return requests/s, the non-2xx count and the summary."""
-    command = ["wrk", f"-t{settings.wrk_threads}", f"-c{settings.wrk_connections}", f"-d{seconds}s"]
+    command = ["wrk", f"-t{settings.wrk_threads}", f"-c{settings.load_connections}", f"-d{seconds}s"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     command.append(f"http://127.0.0.1:{port}{path}")
@@ -363,7 +379,7 @@ def run_hey(
         "-z",
         f"{seconds}s",
         "-c",
-        str(settings.wrk_connections),
+        str(settings.load_connections),
         "-m",
         method,
         "-disable-redirects",
@@ -422,14 +438,30 @@ class Benchmark:
         self.hosts_file = hosts_file
         self.report = report
         self.pushed_repository: dict[str, str] = {}
+        self.exited_registries: set[str] = set()
 
     def measure(self, row: str, registry: Registry, round_number: int, action) -> None:
+        if registry.process.poll() is not None:
+            if registry.name not in self.exited_registries:
+                self.exited_registries.add(registry.name)
+                self.report.add_problem(
+                    row,
+                    registry.name,
+                    round_number,
+                    f"the {registry.name} server exited with code {registry.process.returncode} "
+                    "during the run, so its remaining rows were skipped",
+                )
+            return
+
         log(f"round {round_number}: {row} on {registry.name}")
         try:
             value = action(registry, round_number)
         except (BenchmarkError, OSError, subprocess.SubprocessError, ValueError, KeyError) as error:
-            log(f"  failed: {str(error).splitlines()[0]}")
-            self.report.add_problem(row, registry.name, round_number, str(error))
+            message = str(error)
+            if registry.process.poll() is not None:
+                message += f"\nThe {registry.name} server had exited with code {registry.process.returncode}."
+            log(f"  failed: {message.splitlines()[0]}")
+            self.report.add_problem(row, registry.name, round_number, message)
             return
         self.report.add_value(row, registry.name, value)
         log(f"  {value:.2f}")
@@ -457,7 +489,8 @@ class Benchmark:
         blob = self.images.big.layers[0]
         url = f"http://127.0.0.1:{nginx.port}/{blob.digest.removeprefix('sha256:')}"
         try:
-            self.report.add_value("ceiling_nginx", "machine", curl_download(url, nginx.port, {}, blob.size))
+            rate = curl_download(url, nginx.port, {}, blob.size, self.settings.blob_downloads)
+            self.report.add_value("ceiling_nginx", "machine", rate)
         except BenchmarkError as error:
             self.report.add_problem("ceiling_nginx", "machine", round_number, str(error))
 
@@ -477,7 +510,7 @@ class Benchmark:
             shutil.rmtree(destination, ignore_errors=True)
 
     def push(self, registry: Registry, image: Image, repository: str, timeout: float = 900) -> float:
-        self.check_repository_is_fresh(registry, image, repository)
+        """Push `image` with skopeo and return the seconds that skopeo took."""
         destination = f"docker://{registry.push_host}/{repository}:{image.tag}"
         return skopeo_copy(
             image.reference,
@@ -507,6 +540,7 @@ class Benchmark:
 
     def push_big_image(self, registry: Registry, round_number: int) -> float:
         repository = f"bench/push-r{round_number}"
+        self.check_repository_is_fresh(registry, self.images.big, repository)
         seconds = self.push(registry, self.images.big, repository)
         self.pushed_repository[registry.name] = repository
         return seconds
@@ -534,10 +568,11 @@ class Benchmark:
         repository = self.repository_for_pulls(registry)
         blob = self.images.big.layers[0]
         url = f"http://{registry.pull_host}/v2/{repository}/blobs/{blob.digest}"
-        return curl_download(url, registry.port, registry.bearer_headers(repository), blob.size)
+        headers = registry.bearer_headers(repository)
+        return curl_download(url, registry.port, headers, blob.size, self.settings.blob_downloads)
 
     def load_manifests(self, registry: Registry, method: str) -> float:
-        """Measure manifest requests by tag with 32 connections and return requests/s.
+        """Measure manifest requests by tag under concurrent load and return requests/s.
 
         GET uses wrk and HEAD uses hey, see `run_hey`.
         """
@@ -559,8 +594,8 @@ class Benchmark:
                 return run_hey(self.settings, registry.port, method, path, headers, seconds)
             return run_wrk(self.settings, registry.port, path, headers, seconds)
 
-        load(self.settings.wrk_warmup_seconds)
-        rate, non_2xx, summary = load(self.settings.wrk_seconds)
+        load(self.settings.load_warmup_seconds)
+        rate, non_2xx, summary = load(self.settings.load_seconds)
         if non_2xx:
             after = http_request(registry.port, method, path, registry.pull_host, request_headers)
             raise BenchmarkError(
@@ -577,15 +612,21 @@ class Benchmark:
         return self.load_manifests(registry, "HEAD")
 
     def push_layered_image(self, registry: Registry, round_number: int) -> float:
-        return self.push(registry, self.images.layered, f"bench/layers-r{round_number}")
+        repository = f"bench/layers-r{round_number}"
+        self.check_repository_is_fresh(registry, self.images.layered, repository)
+        return self.push(registry, self.images.layered, repository)
 
     def push_concurrently(self, registry: Registry, round_number: int) -> float:
         images = self.images.concurrent
+        repositories = [f"bench/concurrent-r{round_number}-{index}" for index in range(len(images))]
+        for image, repository in zip(images, repositories, strict=True):
+            self.check_repository_is_fresh(registry, image, repository)
+
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(images)) as pool:
             futures = [
-                pool.submit(self.push, registry, image, f"bench/concurrent-r{round_number}-{index}")
-                for index, image in enumerate(images)
+                pool.submit(self.push, registry, image, repository)
+                for image, repository in zip(images, repositories, strict=True)
             ]
             errors = [future.exception() for future in futures]
         failures = [str(error) for error in errors if error]
@@ -617,13 +658,12 @@ def write_hosts_file(path: Path, registries: list[Registry]) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 64 MiB blob, 8 MiB concurrent images, 3 s loads"
     )
     parser.add_argument("--rounds", type=int, help="rounds per row and registry (default 3)")
+
     parser.add_argument(
         "--registry",
         choices=("both", "crpe", "distribution"),
@@ -633,18 +673,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--crpe", metavar="PATH", help="crpe executable (default .venv/bin/crpe, installed there if missing)"
     )
+
     parser.add_argument(
         "--workdir",
         metavar="DIR",
         type=Path,
-        help="parent of the temporary directory for images and storage "
-        "(default: the system temporary directory)",
+        help="parent of the temporary directory for images and storage (default: the system temporary directory)",
     )
     parser.add_argument(
         "--keep-workdir",
         action="store_true",
         help="keep the temporary directory, with server logs, after the run",
     )
+
     parser.add_argument(
         "--output",
         metavar="FILE",
@@ -653,15 +694,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="Markdown report to write (default docs/benchmarks.md)",
     )
     parser.add_argument("--no-write", action="store_true", help="print the report only")
+
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args
 
 
-def start_registries(
-    args: argparse.Namespace, work: Path, crpe_binary: str | None, report: Report
-) -> list[Registry]:
+def start_registries(args: argparse.Namespace, work: Path, crpe_binary: str | None, report: Report) -> list[Registry]:
     """Start the requested registries; one that fails to start is reported and left out."""
     candidates: list[Registry] = []
     if args.registry in ("both", "crpe"):
@@ -700,6 +740,7 @@ def main(argv: list[str]) -> int:
     )
     try:
         images = generate_images(settings, work)
+        busy_at_start, own_at_start, wall_at_start = machine_busy_seconds(), own_cpu_seconds(), time.monotonic()
         registries = start_registries(args, work, crpe_binary, report)
         hosts_file = work / "hosts"
         write_hosts_file(hosts_file, registries)
@@ -721,6 +762,10 @@ def main(argv: list[str]) -> int:
                 report.server_logs[registry.name] = tail(registry.log)
         if nginx:
             nginx.stop()
+        if "busy_at_start" in locals():
+            other_seconds = (machine_busy_seconds() - busy_at_start) - (own_cpu_seconds() - own_at_start)
+            capacity = (time.monotonic() - wall_at_start) * (os.cpu_count() or 1)
+            report.set_other_cpu(max(other_seconds, 0.0), capacity)
         if args.keep_workdir:
             log(f"kept {work}")
         else:

@@ -114,8 +114,8 @@ def write_random_layer(layout: Path, payload_size: int) -> tuple[Blob, str]:
 def write_image(layout: Path, layer_sizes: list[int], tag: str = "latest") -> Image:
     """Create an OCI layout at `layout` with one single-platform image of random layers.
 
-    `layer_sizes` are the payload sizes in bytes; each compressed layer blob is a little
-    larger because of the tar and gzip framing (about 0.01 % plus 1 KiB).
+    `layer_sizes` are the payload sizes in bytes. Each layer blob is a little larger: tar
+    adds a header and pads to a 10 KiB record, and gzip adds 5 bytes per 64 KiB block.
     """
     (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,11 @@ def http_request(
 
 def describe_exchange(method: str, path: str, host: str, headers: dict[str, str], response: Response) -> str:
     """Format a request and its response for an error report, with credentials masked."""
-    shown = {
+    masked_headers = {
         name: ("<redacted>" if name.lower() == "authorization" else value) for name, value in headers.items()
     }
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{name}: {value}" for name, value in shown.items()]
+    lines += [f"{name}: {value}" for name, value in masked_headers.items()]
     lines += ["", f"-> HTTP {response.status}"]
     lines += [f"{name}: {value}" for name, value in sorted(response.headers.items())]
     lines += ["", response.body[:600].decode("utf-8", "replace")]
@@ -84,8 +85,7 @@ def wait_for_http(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise BenchmarkError(
-                f"server exited with code {process.returncode} during start-up; "
-                f"last lines of {log}:\n{tail(log)}"
+                f"server exited with code {process.returncode} during start-up; last lines of {log}:\n{tail(log)}"
             )
         try:
             status = http_request(port, "GET", path, host, timeout=2).status
@@ -129,10 +129,10 @@ def parse_challenge(value: str) -> tuple[str, dict[str, str]]:
 class MemorySampler:
     """Sample the resident memory of a process and all its descendants.
 
-    The gated figure is the maximum over samples of the summed VmRSS. Pages that several
-    processes share count once per process, so the peak summed PSS (shared pages split
-    between their users) is kept too, and so is the sum of VmHWM over the processes alive
-    at the end, an upper bound because each process reaches its own peak at its own time.
+    The gated figure is the maximum over samples of the summed VmRSS, in which pages that
+    several processes share count once per process. The peak summed PSS splits shared pages
+    between their users. The sum of VmHWM over the processes alive at the end is an upper
+    bound, because each process reaches its own peak at its own time.
     """
 
     TREE_REFRESH_SAMPLES = 5
@@ -257,10 +257,10 @@ class Distribution(Registry):
     def configuration(self) -> dict:
         """Return the stock Debian configuration with storage and address moved into the test.
 
-        The stock file enables htpasswd authentication with `path: /etc/docker/registry`,
-        which is a directory, so no credential can pass; the `auth` section is therefore
-        dropped and distribution is measured anonymous. JSON output is valid YAML, which
-        the registry reads.
+        The stock file enables htpasswd authentication with `path: /etc/docker/registry`.
+        That path is a directory, so no credential can pass, and the `auth` section is
+        dropped: distribution is measured anonymous. The file is written as JSON, which is
+        valid YAML for the registry's parser.
         """
         config = load_stock_distribution_config()
         config.pop("auth", None)
@@ -310,8 +310,7 @@ class Crpe(Registry):
         )
         if result.returncode != 0:
             raise BenchmarkError(
-                f"`crpe {' '.join(args)}` exited with code {result.returncode}:\n"
-                f"{result.stdout}{result.stderr}"
+                f"`crpe {' '.join(args)}` exited with code {result.returncode}:\n{result.stdout}{result.stderr}"
             )
         return result.stdout
 
@@ -372,7 +371,9 @@ class Crpe(Registry):
         if not match:
             raise BenchmarkError(f"the token realm {realm!r} is not an http(s) URL")
         realm_host, realm_path = match.group(1), match.group(2) or "/"
-        query = f"service={params.get('service', '')}&scope=repository:{repository}:{actions}"
+        query = urllib.parse.urlencode(
+            {"service": params.get("service", ""), "scope": f"repository:{repository}:{actions}"}
+        )
         path = f"{realm_path}?{query}"
         basic = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         headers = {"Authorization": f"Basic {basic}"}
@@ -385,8 +386,7 @@ class Crpe(Registry):
         token = document.get("token") or document.get("access_token")
         if not token:
             raise BenchmarkError(
-                "token response has no token:\n"
-                + describe_exchange("GET", path, realm_host, headers, response)
+                "token response has no token:\n" + describe_exchange("GET", path, realm_host, headers, response)
             )
         return {"Authorization": f"Bearer {token}"}
 
