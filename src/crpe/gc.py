@@ -1,10 +1,10 @@
 """Online garbage collection: abandoned uploads, unreferenced blob links, then unlinked blob files.
 
 It runs while the registry serves. Everything younger than the grace period stays, so a push in flight
-keeps its uploads and blob links until its manifest arrives. Races with pushes are closed in two places:
-a manifest PUT re-checks its blob links inside a write transaction that cannot interleave with this
-collector's deletion of that instance's links, and a blob file is moved to a trash folder, then restored
-if a push recorded the blob again in the meantime (pushes place the file again after recording it).
+keeps its uploads and blob links until its manifest arrives. Two guards close the races with pushes. A
+manifest PUT re-checks its blob links inside a write transaction that cannot interleave with this
+collector's deletion of that instance's links. A blob file first moves to a trash folder, and comes back if
+a push recorded the blob again in the meantime; pushes also place the file again after recording it.
 """
 
 from __future__ import annotations
