@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from crpe.auth.passwords import verify_secret
 from crpe.auth.principals import Principal, split_login_name
 from crpe.auth.tokens import InvalidToken, TokenService
 from crpe.metadata.store import Instance, MetadataStore
+
+
+class CredentialsInvalid(ValueError):
+    """An Authorization header names the Basic scheme but does not carry base64 of user:password."""
+
+
+def basic_credentials(authorization: str) -> tuple[str, str] | None:
+    """Decode a Basic Authorization header into (user, password); None for any other scheme or none."""
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(encoded.strip()).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        raise CredentialsInvalid("the Basic credentials are not valid base64 of user:password") from None
+    return user, password
 
 
 @dataclass(frozen=True)

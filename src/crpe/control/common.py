@@ -1,13 +1,12 @@
 """Parts shared by every control-plane route: errors, the authenticated caller and the audit log."""
 
-import base64
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
-from crpe.auth.identity import Identity, access_key_identity
+from crpe.auth.identity import CredentialsInvalid, Identity, access_key_identity, basic_credentials
 from crpe.auth.permissions import has_any_right, may_manage
 from crpe.metadata.store import Instance
 from crpe.policy import HARBOR_DENIED, is_harbor_client
@@ -18,7 +17,7 @@ PRINCIPAL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 
 
 class ControlError(HTTPException):
-    """A control-plane failure with a stable code and a message that tells the caller what to do."""
+    """A control-plane failure with a stable code, and a message with the fix."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(status, message)
@@ -78,15 +77,14 @@ class Context:
 
 def caller(request: Request) -> Context:
     services: Services = request.app.state.services
-    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
+    try:
+        credentials = basic_credentials(request.headers.get("authorization", ""))
+    except CredentialsInvalid:
+        raise ControlError(401, "UNAUTHORIZED", "the Authorization header is not valid Basic credentials") from None
+    if credentials is None:
         raise ControlError(401, "UNAUTHORIZED", "an access key is required: send the key id and secret as Basic "
                            "credentials, or run `crpe configure`")
-    try:
-        key_id, _, secret = base64.b64decode(encoded).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        raise ControlError(401, "UNAUTHORIZED", "the Authorization header is not valid Basic credentials") from None
-    identity = access_key_identity(services.store, key_id, secret)
+    identity = access_key_identity(services.store, *credentials)
     if identity is None:
         raise ControlError(401, "UNAUTHORIZED", "the access key id or secret is incorrect, the key was revoked, or "
                            "its user is disabled")

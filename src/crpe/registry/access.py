@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import ipaddress
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from crpe import policy
-from crpe.auth.identity import Identity, registry_login
+from crpe.auth.identity import CredentialsInvalid, Identity, basic_credentials, registry_login
 from crpe.auth.permissions import permitted_actions
 from crpe.auth.scopes import Scope
 from crpe.auth.tokens import AccessClaims, InvalidToken
@@ -148,32 +147,34 @@ def resolve_instance(call: Call, repository: str | None) -> Instance:
 
 def basic_identity(call: Call, instance: Instance) -> Identity | None:
     """Verify Basic credentials sent straight to /v2/ against the instance's logins."""
-    header = call.request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
     try:
-        username, _, password = base64.b64decode(encoded.strip()).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        raise Unauthorized("the Basic credentials are not valid base64 of user:password",
-                           headers=call.challenge()) from None
+        credentials = basic_credentials(call.request.headers.get("authorization", ""))
+    except CredentialsInvalid as error:
+        raise Unauthorized(str(error), headers=call.challenge()) from None
+    if credentials is None:
+        return None
+    username, password = credentials
     identity = registry_login(call.services.store, call.services.tokens, instance, username, password)
     if identity is None:
         raise Unauthorized("incorrect username or password", headers=call.challenge())
     return identity
 
 
+def _adopt_basic_login(call: Call, instance: Instance, identity: Identity, access: tuple[Scope, ...]) -> None:
+    """Treat a verified Basic login like a token granting `access` for the rest of this request."""
+    principal = identity.principal
+    call.claims = AccessClaims(principal.login_name, principal.account_id, principal.sub_user_id, instance.id,
+                               call.service, float("inf"), access)
+
+
 def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
               repository: Repository | None, existence_check: bool = False) -> None:
     """Apply the endpoint rules, then the token's grants; raise 401 or 403 with a message saying what to do."""
-    claims = call.claims
-    basic = basic_identity(call, instance) if claims is None else None
+    basic = basic_identity(call, instance) if call.claims is None else None
     if basic is not None:
-        principal = basic.principal
-        granted = permitted_actions(principal, instance.account_id, instance.id, name, basic.statements)
-        claims = AccessClaims(principal.login_name, principal.account_id, principal.sub_user_id, instance.id,
-                              call.service, float("inf"), (Scope("repository", name, granted),))
-        call.claims = claims
+        granted = permitted_actions(basic.principal, instance.account_id, instance.id, name, basic.statements)
+        _adopt_basic_login(call, instance, basic, (Scope("repository", name, granted),))
+    claims = call.claims
     # Credentials of another instance (possible on a shared legacy endpoint) count as none here.
     foreign = claims is not None and bool(claims.instance_id) and claims.instance_id != instance.id
     authenticated = call.authenticated and not foreign
@@ -220,9 +221,7 @@ def require_authenticated(call: Call, instance: Instance) -> None:
     if call.claims is None:
         basic = basic_identity(call, instance)
         if basic is not None:
-            principal = basic.principal
-            call.claims = AccessClaims(principal.login_name, principal.account_id, principal.sub_user_id,
-                                       instance.id, call.service, float("inf"), ())
+            _adopt_basic_login(call, instance, basic, ())
     check_network_and_client(call, instance.legacy)
     if not call.authenticated:
         raise Unauthorized("authentication required; log in with docker login and retry",

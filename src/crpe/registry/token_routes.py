@@ -8,13 +8,12 @@ tokens that read public repositories only.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import logging
 
 from starlette.responses import Response
 
-from crpe.auth.identity import Identity, principal_for, registry_login
+from crpe.auth.identity import CredentialsInvalid, Identity, basic_credentials, principal_for, registry_login
 from crpe.auth.permissions import permitted_actions
 from crpe.auth.scopes import Scope, parse_scopes
 from crpe.auth.tokens import InvalidToken
@@ -100,18 +99,16 @@ def _credentials_rejected(call: Call, username: str) -> Unauthorized:
 
 
 def _basic_login(call: Call, exclusive: Instance | None) -> tuple[Identity | None, Instance | None]:
-    header = call.request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
+    try:
+        credentials = basic_credentials(call.request.headers.get("authorization", ""))
+    except CredentialsInvalid as error:
+        raise Unauthorized(str(error)) from None
+    if credentials is None:
         if exclusive is None:
             return None, None  # Legacy endpoints issue anonymous tokens for public repositories.
         raise Unauthorized(f"anonymous access is not allowed on this instance; log in first: docker login "
                            f"{call.host}", headers={"WWW-Authenticate": f'Basic realm="{call.service}"'})
-    try:
-        username, _, password = base64.b64decode(encoded.strip()).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        raise Unauthorized("the Basic credentials are not valid base64 of user:password") from None
-    return _login(call, exclusive, username, password)
+    return _login(call, exclusive, *credentials)
 
 
 def _login(call: Call, exclusive: Instance | None, username: str, password: str) -> tuple[Identity, Instance]:
