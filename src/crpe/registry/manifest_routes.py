@@ -80,10 +80,7 @@ async def put_manifest(call: Call, name: str, reference: str) -> Response:
         raise DigestInvalid(f"manifest digest is {digest}, not {reference}; push it by tag or by its digest",
                             detail={"digest": reference})
     repository = ensure_repository(call, instance, name)
-    missing = store.missing_blobs(repository.id, [blob.digest for blob in parsed.blobs])
-    if missing:
-        raise ManifestBlobUnknown(f"manifest references {len(missing)} blob(s) not pushed to {name}: "
-                                  f"{', '.join(missing)}; push the blobs first", detail={"digests": missing})
+    # Blob links are checked by put_manifest, inside the transaction that stores the manifest.
     missing = store.missing_manifests(repository.id, [child.digest for child in parsed.children])
     if missing:
         raise ManifestBlobUnknown(f"index references {len(missing)} manifest(s) not pushed to {name}: "

@@ -38,12 +38,6 @@ class FilesystemBlobStore:
     def upload_path(self, upload_id: str) -> Path:
         return self.root / "uploads" / upload_id
 
-    def size(self, digest: str) -> int | None:
-        try:
-            return self.blob_path(digest).stat().st_size
-        except FileNotFoundError:
-            return None
-
     def create_upload(self, upload_id: str) -> None:
         self.upload_path(upload_id).touch(exist_ok=False)
 
