@@ -537,7 +537,7 @@ def test_password_holder_rule_new_instance(tenant: Tenant, server: CrpeServer, h
     assert login(f"alice@{tenant.name}", "Alice-pass-2") == 200
     assert login(f"alice@{tenant.name}", "Alice-pass-1") == 401
 
-    # The account may always set its own password, even while a sub-user holds the instance's password.
+    # The account may always set its own password, even while a sub-user is the instance's password holder.
     assert tenant.client.set_password(instance_id, "Account-pass-1") == tenant.name
     assert login(tenant.name, "Account-pass-1") == 200
     assert_error(alice.request("DELETE", f"/instances/{instance_id}/password-holder"), 403, "DENIED")

@@ -26,8 +26,10 @@ def registry(gc_server: CrpeServer) -> Iterator[RegistryClient]:
 
 
 def run_gc(server: CrpeServer, *args: str, settle: bool = True) -> dict:
-    """Run `crpe gc`; by default first wait past the current second, because timestamps are whole seconds and
-    even a zero grace period keeps what was touched within the second the collection starts."""
+    """Run `crpe gc`, by default after waiting past the current second.
+
+    Timestamps are whole seconds, so even a zero grace period keeps what was touched in the starting second.
+    """
     if settle:
         time.sleep(1.1)
     result = server.cli("gc", "--data-dir", str(server.root / "data"), "--output", "json", *args)
@@ -166,7 +168,7 @@ def test_gc_during_pushes_loses_nothing(gc_server: CrpeServer, registry: Registr
             if response.status_code == 201:
                 pushed.append(tag)
             else:
-                # A collection between upload and manifest may remove the fresh links; the push then fails
+                # A collection between upload and manifest may remove the fresh links. The push then fails
                 # cleanly, as a client would see it, and nothing half-stored remains.
                 assert response.status_code == 400, response.text
                 assert response.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"

@@ -3,8 +3,8 @@
 It runs while the registry serves. Everything younger than the grace period stays, so a push in flight
 keeps its uploads and blob links until its manifest arrives. Two guards close the races with pushes. A
 manifest PUT re-checks its blob links inside a write transaction that cannot interleave with this
-collector's deletion of that instance's links. A blob file first moves to a trash folder, and comes back if
-a push recorded the blob again in the meantime; pushes also place the file again after recording it.
+collector's deletion of that instance's links. A blob file first moves to a trash folder. It comes back if a
+push recorded the blob again in the meantime, and pushes place the file again after recording it.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def decide(request: Request, public_host: str, vpc_host: str) -> Decision:
     if (request.action is Action.PULL and not request.legacy_instance and not request.vpc_endpoint
             and not request.public_endpoint_pull_allowed):
         if request.existence_check and request.caller_may_push:
-            # Pushing clients HEAD blobs and manifests to skip what the repository already has; that reveals
+            # Pushing clients HEAD blobs and manifests to skip what the repository already has. A HEAD reveals
             # no content, so a caller who may push gets the response on the public endpoint too.
             return ALLOW
         return Decision(Outcome.DENY, f"pulling through the public endpoint {public_host} is not allowed for "

@@ -2,7 +2,7 @@
 
 An argon2 verification costs tens of milliseconds by design. Clients such as skopeo send Basic credentials
 on every token request, so a success is remembered for `CACHE_SECONDS`, keyed by an HMAC of the hash and the
-password under a per-process random key: the cache contains no password, and a changed hash misses it.
+password under a per-process random key. The cache contains no password, and a changed hash misses it.
 """
 
 from __future__ import annotations
