@@ -698,19 +698,86 @@ def test_advance_upload_only_from_expected_size(store: MetadataStore, repository
     upload = store.create_upload(repository.id, REGION)
     first_state = bytes(range(256)) + NON_UTF8
     second_state = b"\x00" * 112
+    storage_state = b'{"multipart": "abc"}' + NON_UTF8
+    owner = "node/1/a"
 
-    assert store.advance_upload(upload.id, 0, 10, first_state) is True
+    assert store.claim_upload(upload.id, repository.id, owner, int(time.time()) + 60)[1] is True
+    assert store.advance_upload(upload.id, owner, 0, 10, first_state, storage_state) is True
     got = store.get_upload(upload.id, repository.id)
-    assert got == replace(upload, size=10, hash_state=first_state)
+    assert got == replace(upload, size=10, hash_state=first_state, storage_state=storage_state)
     assert got is not None
     assert type(got.hash_state) is bytes
+    assert type(got.storage_state) is bytes
 
-    assert store.advance_upload(upload.id, 0, 20, second_state) is False
-    assert store.get_upload(upload.id, repository.id) == replace(upload, size=10, hash_state=first_state)
-    assert store.advance_upload(upload.id, 10, 6_000_000_000, second_state) is True
+    store.claim_upload(upload.id, repository.id, owner, int(time.time()) + 60)
+    assert store.advance_upload(upload.id, owner, 0, 20, second_state, None) is False
+    assert store.get_upload(upload.id, repository.id) == replace(
+        upload, size=10, hash_state=first_state, storage_state=storage_state, lease_owner=owner)
+    assert store.advance_upload(upload.id, owner, 10, 6_000_000_000, second_state, None) is True
     assert store.get_upload(upload.id, repository.id) == replace(upload, size=6_000_000_000,
                                                                  hash_state=second_state)
-    assert store.advance_upload("missing", 0, 1, b"") is False
+    assert store.advance_upload("missing", owner, 0, 1, b"", None) is False
+
+
+def test_advance_upload_needs_the_lease(store: MetadataStore, repository: Repository) -> None:
+    upload = store.create_upload(repository.id, REGION)
+
+    unleased = store.advance_upload(upload.id, "node/1/a", 0, 10, b"state", None)
+    store.claim_upload(upload.id, repository.id, "node/2/b", int(time.time()) + 60)
+    other_owner = store.advance_upload(upload.id, "node/1/a", 0, 10, b"state", None)
+
+    assert unleased is False
+    assert other_owner is False
+    assert store.get_upload(upload.id, repository.id).size == 0
+
+
+def test_claim_upload_excludes_live_lease(store: MetadataStore, repository: Repository) -> None:
+    upload = store.create_upload(repository.id, REGION)
+    until = int(time.time()) + 60
+
+    first = store.claim_upload(upload.id, repository.id, "node/1/a", until)
+    second = store.claim_upload(upload.id, repository.id, "node/2/b", until)
+    replaced = store.claim_upload(upload.id, repository.id, "node/3/c", until, replacing="node/1/a")
+    missing = store.claim_upload("missing", repository.id, "node/4/d", until)
+
+    assert first == (replace(upload, lease_owner="node/1/a"), True)
+    assert second == (replace(upload, lease_owner="node/1/a"), False)
+    assert replaced == (replace(upload, lease_owner="node/3/c"), True)
+    assert missing == (None, False)
+
+
+def test_claim_upload_takes_expired_lease(store: MetadataStore, repository: Repository) -> None:
+    upload = store.create_upload(repository.id, REGION, "node/1/a", int(time.time()) - 1)
+
+    renewed = store.renew_upload_lease(upload.id, "node/1/a", int(time.time()) - 1)
+    taken = store.claim_upload(upload.id, repository.id, "node/2/b", int(time.time()) + 60)
+    stale_renewal = store.renew_upload_lease(upload.id, "node/1/a", int(time.time()) + 60)
+
+    assert renewed is True
+    assert taken == (replace(upload, lease_owner="node/2/b"), True)
+    assert stale_renewal is False
+
+
+def test_release_upload_only_by_owner(store: MetadataStore, repository: Repository) -> None:
+    upload = store.create_upload(repository.id, REGION, "node/1/a", int(time.time()) + 60)
+
+    store.release_upload(upload.id, "node/2/b")
+    held = store.get_upload(upload.id, repository.id)
+    store.release_upload(upload.id, "node/1/a")
+    released = store.get_upload(upload.id, repository.id)
+
+    assert held.lease_owner == "node/1/a"
+    assert released.lease_owner is None
+
+
+def test_stale_uploads_skip_leased(store: MetadataStore, repository: Repository) -> None:
+    leased = store.create_upload(repository.id, REGION, "node/1/a", int(time.time()) + 60)
+    idle = store.create_upload(repository.id, REGION)
+
+    stale = {upload_id for upload_id, _, _ in store.gc_stale_uploads(int(time.time()) + 10)}
+
+    assert idle.id in stale
+    assert leased.id not in stale
 
 
 def test_delete_upload(store: MetadataStore, repository: Repository) -> None:

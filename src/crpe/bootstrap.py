@@ -9,8 +9,8 @@ from crpe.auth.tokens import load_or_create_key
 from crpe.metadata import migrate
 from crpe.metadata.store import MetadataStore
 from crpe.profiles import Profile, save
-from crpe.services import signing_key_path
 from crpe.settings import Settings
+from crpe.storage import open_blob_store
 
 log = logging.getLogger("crpe.bootstrap")
 
@@ -18,11 +18,19 @@ ADMIN_ACCOUNT = "admin"
 
 
 def prepare(settings: Settings) -> None:
+    """Prepare the database, signing key and blob stores; raise StorageError if a blob store is unusable."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.database_url)
+    for region in settings.regions:
+        open_blob_store(settings, region).check()
+    with migrate.exclusive(settings.database_url):
+        migrate.upgrade(settings.database_url)
+        _create_administrator(settings)
+
+
+def _create_administrator(settings: Settings) -> None:
     store = MetadataStore(settings.database_url)
     try:
-        load_or_create_key(signing_key_path(settings.data_dir))
+        load_or_create_key(settings.signing_key_path)
         if store.count_accounts() == 0:
             account = store.create_account(ADMIN_ACCOUNT, is_admin=True)
             key_id, secret = new_access_key()

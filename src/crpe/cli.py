@@ -52,6 +52,8 @@ OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="Outp
 ProfileOption = Annotated[str | None, typer.Option("--profile", help="CLI profile to use (default: the "
                                                                       "profile marked default).")]
 RegionOption = Annotated[str | None, typer.Option("--region", help="Region id, for example cn-hangzhou.")]
+ConfigOption = Annotated[str | None, typer.Option("--config", help="TOML configuration file (env CRPE_CONFIG); "
+                                                                   "CRPE_* variables and flags override it.")]
 
 
 class CliError(Exception):
@@ -111,18 +113,23 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes; 0 means one per CPU core.")] = None,
     database_url: Annotated[str | None, typer.Option(help="Metadata database (env CRPE_DATABASE_URL); default "
                                                           "SQLite in the data directory.")] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Run the registry and control plane on the embedded default (SQLite and the local filesystem)."""
     from crpe import bootstrap, logs
     from crpe.settings import SettingsError, from_environment
+    from crpe.storage import StorageError
 
     logs.configure()
     try:
         settings = from_environment(data_dir=data_dir, listen=listen, domain=domain, workers=workers,
-                                    database_url=database_url)
+                                    database_url=database_url, config=config)
     except SettingsError as error:
         raise CliError(str(error)) from None
-    bootstrap.prepare(settings)
+    try:
+        bootstrap.prepare(settings)
+    except StorageError as error:
+        raise CliError(str(error)) from None
     os.environ.update(settings.to_environment())
     worker_count = settings.workers or os.cpu_count() or 1
     typer.echo(f"crpe listening on http://{settings.listen_host}:{settings.listen_port} "
@@ -210,27 +217,29 @@ def gc(
     dry_run: Annotated[bool, typer.Option(help="Report what would be removed, and remove nothing.")] = False,
     delete_untagged: Annotated[bool, typer.Option(help="Also remove manifests that no tag, index or subject "
                                                        "keeps.")] = False,
+    config: ConfigOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Remove abandoned uploads and unreferenced blobs while the registry keeps serving."""
     from crpe import gc as collector
     from crpe.metadata.store import MetadataStore
     from crpe.settings import SettingsError, from_environment
-    from crpe.storage import FilesystemBlobStore
+    from crpe.storage import StorageError, open_blob_stores
 
     if grace_period < 0:
         raise CliError("--grace-period must be 0 or more seconds")
     try:
-        settings = from_environment(data_dir=data_dir, database_url=database_url)
+        settings = from_environment(data_dir=data_dir, database_url=database_url, config=config)
     except SettingsError as error:
         raise CliError(str(error)) from None
     if not settings.database and not (settings.data_dir / "crpe.sqlite3").exists():
         raise CliError(f"no crpe database in {settings.data_dir}; pass --data-dir of a registry")
     store = MetadataStore(settings.database_url)
-    blob_stores = {region.id: FilesystemBlobStore(settings.data_dir / "storage" / region.id)
-                   for region in settings.regions}
     try:
+        blob_stores = open_blob_stores(settings)
         report = collector.collect(store, blob_stores, grace_period, dry_run, delete_untagged)
+    except StorageError as error:
+        raise CliError(str(error)) from None
     finally:
         store.close()
     emit(report.view(), output, ["dry_run", "uploads", "untagged_manifests", "links", "blobs", "bytes"])
@@ -241,13 +250,14 @@ def db_upgrade(
     data_dir: Annotated[str | None, typer.Option(help="Data directory of the embedded SQLite database.")] = None,
     database_url: Annotated[str | None, typer.Option(help="Database URL (env CRPE_DATABASE_URL), for example "
                                                           "postgresql://crpe@db.example:5432/crpe.")] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Migrate the metadata database to the newest schema; `crpe serve` also does this at start."""
     from crpe.metadata import migrate
     from crpe.settings import SettingsError, from_environment
 
     try:
-        settings = from_environment(data_dir=data_dir, database_url=database_url)
+        settings = from_environment(data_dir=data_dir, database_url=database_url, config=config)
     except SettingsError as error:
         raise CliError(str(error)) from None
     if not settings.database:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from crpe.metadata.store import MetadataStore, now
-from crpe.storage import FilesystemBlobStore
+from crpe.storage import BlobStore
 
 log = logging.getLogger("crpe.gc")
 
@@ -36,7 +36,7 @@ class Report:
                 "blob_bytes": self.blob_bytes, "bytes": self.upload_bytes + self.blob_bytes}
 
 
-def collect(store: MetadataStore, blob_stores: dict[str, FilesystemBlobStore], grace_seconds: int,
+def collect(store: MetadataStore, blob_stores: dict[str, BlobStore], grace_seconds: int,
             dry_run: bool, delete_untagged: bool = False) -> Report:
     report = Report(dry_run)
     cutoff = now() - grace_seconds
@@ -61,14 +61,14 @@ def collect(store: MetadataStore, blob_stores: dict[str, FilesystemBlobStore], g
         if store.blob_recorded(region, digest):
             blobs.restore_blob(trash, digest)  # A push recorded these bytes again in the meantime.
             continue
-        trash.unlink()
+        blobs.purge_trash(trash)
         report.blobs += 1
         report.blob_bytes += size
     log.info("garbage collection finished", extra={f"gc.{key}": value for key, value in report.view().items()})
     return report
 
 
-def _collect_uploads(store: MetadataStore, blob_stores: dict[str, FilesystemBlobStore], cutoff: int,
+def _collect_uploads(store: MetadataStore, blob_stores: dict[str, BlobStore], cutoff: int,
                      dry_run: bool, report: Report) -> None:
     known = set()
     for upload_id, region, size in store.gc_stale_uploads(cutoff):
@@ -78,15 +78,15 @@ def _collect_uploads(store: MetadataStore, blob_stores: dict[str, FilesystemBlob
         if not dry_run:
             store.delete_upload(upload_id)
             if region in blob_stores:
-                blob_stores[region].delete_upload(upload_id)
-    # Upload files without a row: left by a crash between a blob's placement and the upload's deletion.
+                blob_stores[region].delete_upload_data(upload_id)
+    # Upload data without a row: left by a crash between a blob's placement and the upload's deletion, or by a
+    # request that died after writing a tail object or starting a multipart upload it never recorded.
     live = store.upload_ids()
     for blobs in blob_stores.values():
-        for upload_id in blobs.upload_ids():
-            mtime = blobs.upload_mtime(upload_id)
-            if upload_id in live or upload_id in known or mtime is None or mtime >= cutoff:
+        for upload_id, changed, size in list(blobs.upload_leftovers()):
+            if upload_id in live or upload_id in known or changed >= cutoff:
                 continue
             report.uploads += 1
-            report.upload_bytes += blobs.upload_size(upload_id) or 0
+            report.upload_bytes += size
             if not dry_run:
-                blobs.delete_upload(upload_id)
+                blobs.delete_upload_data(upload_id)

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from crpe.auth.tokens import TokenService, load_or_create_key
 from crpe.metadata.store import Instance, MetadataStore
 from crpe.settings import Settings
-from crpe.storage import FilesystemBlobStore
+from crpe.storage import BlobStore, open_blob_stores
 
 # Instances change rarely (create, delete); a worker re-reads one after this many seconds.
 INSTANCE_CACHE_SECONDS = 5.0
-
-
-def signing_key_path(data_dir: Path) -> Path:
-    return data_dir / "keys" / "token-signing-key.pem"
 
 
 @dataclass
@@ -24,17 +19,15 @@ class Services:
     settings: Settings
     store: MetadataStore
     tokens: TokenService
-    blob_stores: dict[str, FilesystemBlobStore]
+    blob_stores: dict[str, BlobStore]
     _instances: dict[str, tuple[float, Instance | None]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         store = MetadataStore(settings.database_url)
-        tokens = TokenService(load_or_create_key(signing_key_path(settings.data_dir)),
+        tokens = TokenService(load_or_create_key(settings.signing_key_path),
                               settings.token_ttl_seconds, settings.refresh_token_ttl_seconds)
-        blob_stores = {region.id: FilesystemBlobStore(settings.data_dir / "storage" / region.id)
-                       for region in settings.regions}
-        return cls(settings, store, tokens, blob_stores)
+        return cls(settings, store, tokens, open_blob_stores(settings))
 
     def instance(self, instance_id: str) -> Instance | None:
         cached = self._instances.get(instance_id)

@@ -44,11 +44,40 @@ class SettingsError(ValueError):
     """A setting has an invalid value; the message names the setting and the fix."""
 
 
+STORAGE_TYPES = ("filesystem", "s3")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where one region keeps its blobs: a local directory, or a bucket of S3-compatible object storage."""
+
+    type: str = "filesystem"
+    # filesystem: the directory; empty means <data_dir>/storage/<region>.
+    path: str = ""
+    # s3: credentials left empty come from boto3's usual chain (AWS_ACCESS_KEY_ID, ~/.aws, instance roles).
+    bucket: str = ""
+    prefix: str = ""
+    endpoint: str = ""
+    region_name: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    addressing_style: str = "auto"
+    # Answer blob GETs with a 307 redirect to a presigned URL instead of streaming the bytes through crpe.
+    redirect: bool = False
+    redirect_endpoint: str = ""
+    redirect_seconds: int = 1200
+
+    def view(self) -> dict[str, object]:
+        return {key: value for key, value in self.__dict__.items() if value != getattr(StorageSettings, key)}
+
+
 @dataclass(frozen=True)
 class Region:
     id: str
     name: str
     vpc_networks: tuple[IPNetwork, ...]
+    storage: StorageSettings = StorageSettings()
 
 
 @dataclass(frozen=True)
@@ -71,6 +100,8 @@ class Settings:
     access_log: bool = True
     # "" means the embedded default: SQLite in the data directory.
     database: str = ""
+    # Every node of a deployment must sign tokens with the same key; None means <data_dir>/keys/.
+    token_key_file: Path | None = None
 
     def region(self, region_id: str) -> Region | None:
         for region in self.regions:
@@ -83,6 +114,13 @@ class Settings:
         return [region.id for region in self.regions]
 
     @property
+    def signing_key_path(self) -> Path:
+        return self.token_key_file or self.data_dir / "keys" / "token-signing-key.pem"
+
+    def storage_path(self, region: Region) -> Path:
+        return Path(region.storage.path) if region.storage.path else self.data_dir / "storage" / region.id
+
+    @property
     def database_url(self) -> str:
         return self.database or f"sqlite:///{self.data_dir / 'crpe.sqlite3'}"
 
@@ -93,7 +131,8 @@ class Settings:
             "CRPE_DOMAIN": self.domain,
             "CRPE_LISTEN": f"{self.listen_host}:{self.listen_port}",
             "CRPE_REGIONS": json.dumps([
-                {"id": r.id, "name": r.name, "vpc_networks": [str(n) for n in r.vpc_networks]}
+                {"id": r.id, "name": r.name, "vpc_networks": [str(n) for n in r.vpc_networks],
+                 "storage": r.storage.view()}
                 for r in self.regions
             ]),
             "CRPE_WORKERS": str(self.workers),
@@ -105,6 +144,7 @@ class Settings:
             "CRPE_REPOSITORY_QUOTA": str(self.repository_quota),
             "CRPE_ACCESS_LOG": "true" if self.access_log else "false",
             "CRPE_DATABASE_URL": self.database,
+            "CRPE_TOKEN_KEY_FILE": str(self.token_key_file or ""),
         }
 
 
@@ -125,8 +165,53 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def parse_regions(value: str, vpc_networks: tuple[IPNetwork, ...]) -> tuple[Region, ...]:
-    """Parse `CRPE_REGIONS`: a JSON list of {id, name, vpc_networks} or a comma-separated list of ids."""
+def parse_storage(value: object, setting: str, region_id: str, defaults: StorageSettings | None = None
+                  ) -> StorageSettings:
+    """Parse one storage table; keys it leaves out come from `defaults`."""
+    if not isinstance(value, dict):
+        raise SettingsError(f"{setting} must be a table of storage settings such as "
+                            '{"type": "s3", "bucket": "registry"}')
+    fields = dict((defaults or StorageSettings()).__dict__)
+    for key, item in value.items():
+        if key not in fields:
+            raise SettingsError(f"{setting} has an unknown key {key!r}; known keys: {', '.join(fields)}")
+        expected = type(getattr(StorageSettings, key))
+        if expected is bool and isinstance(item, str):
+            item = item.lower() in ("1", "true", "yes")
+        if not isinstance(item, expected) or (expected is int and isinstance(item, bool)):
+            kind = {str: "a string", int: "an integer", bool: "true or false"}[expected]
+            raise SettingsError(f"{setting}.{key} must be {kind}, not {item!r}")
+        fields[key] = item
+    storage = StorageSettings(**fields)
+    if storage.type not in STORAGE_TYPES:
+        raise SettingsError(f"{setting}.type {storage.type!r} is not supported; use one of "
+                            f"{', '.join(STORAGE_TYPES)}")
+    if storage.type == "s3":
+        if not storage.bucket:
+            raise SettingsError(f"{setting} uses S3 storage but names no bucket; set its bucket key")
+        if storage.addressing_style not in ADDRESSING_STYLES:
+            raise SettingsError(f"{setting}.addressing_style must be one of {', '.join(ADDRESSING_STYLES)}")
+        if storage.redirect_seconds < 1:
+            raise SettingsError(f"{setting}.redirect_seconds must be at least 1")
+        for key in ("endpoint", "redirect_endpoint"):
+            url = getattr(storage, key)
+            if url and not url.startswith(("http://", "https://")):
+                raise SettingsError(f"{setting}.{key} {url!r} must be an http:// or https:// URL")
+    # Regions sharing a bucket stay apart: "{region}" in the prefix becomes the region id, and it is the
+    # default prefix of S3 storage.
+    prefix = storage.prefix or ("{region}/" if storage.type == "s3" else "")
+    prefix = prefix.replace("{region}", region_id)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return StorageSettings(**{**storage.__dict__, "prefix": prefix})
+
+
+def parse_regions(value: str, vpc_networks: tuple[IPNetwork, ...], storage: dict[str, object]
+                  ) -> tuple[Region, ...]:
+    """Parse `CRPE_REGIONS`: a JSON list of {id, name, vpc_networks, storage} or a comma-separated list of ids.
+
+    `storage` is the default storage table of every region; a region's own table overrides its keys.
+    """
     value = value.strip()
     if value.startswith("["):
         try:
@@ -142,20 +227,44 @@ def parse_regions(value: str, vpc_networks: tuple[IPNetwork, ...]) -> tuple[Regi
             raise SettingsError(f"region id {region_id!r} is invalid: use lower-case words joined by "
                                 "hyphens, such as cn-hangzhou")
         networks = item.get("vpc_networks")
+        defaults = parse_storage(storage, "storage", region_id) if storage else StorageSettings()
+        region_storage = item.get("storage")
         regions.append(Region(
             region_id, str(item.get("name") or DEFAULT_REGIONS.get(region_id, region_id)),
             parse_networks(",".join(networks), f"vpc_networks of {region_id}") if networks else vpc_networks,
+            parse_storage(region_storage, f"storage of region {region_id}", region_id, defaults)
+            if region_storage else defaults,
         ))
     if not regions:
         raise SettingsError("no regions configured: set CRPE_REGIONS, for example cn-hangzhou,cn-shanghai")
     if len({region.id for region in regions}) != len(regions):
         raise SettingsError("CRPE_REGIONS lists a region twice")
+    locations: dict[tuple[str, ...], str] = {}
+    for region in regions:
+        storage = region.storage
+        if storage.type == "s3":
+            location = ("s3", storage.endpoint, storage.bucket, storage.prefix)
+        else:
+            location = ("filesystem", storage.path or region.id)
+        if location in locations:
+            # Garbage collection of one region would delete the blobs that only the other one references.
+            raise SettingsError(f"regions {locations[location]} and {region.id} share one blob store location; "
+                                'give each its own path or prefix, for example prefix = "{region}/"')
+        locations[location] = region.id
     return tuple(regions)
 
 
 def from_environment(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
-    """Build settings from `CRPE_*` variables; keyword overrides (command-line flags) win."""
+    """Build settings from a configuration file, then `CRPE_*` variables, then keyword overrides.
+
+    Each later source wins. The file is the `config` override (the --config flag) or `CRPE_CONFIG`.
+    """
     env = dict(os.environ if environ is None else environ)
+    config_file = overrides.get("config") or env.get("CRPE_CONFIG")
+    if config_file:
+        from crpe.config_file import load_config_file
+
+        env = {**load_config_file(Path(str(config_file))), **env}
     data_dir = overrides.get("data_dir") or env.get("CRPE_DATA_DIR") or "./crpe-data"
     listen = str(overrides.get("listen") or env.get("CRPE_LISTEN") or "127.0.0.1:5000")
     host, port = parse_listen(listen)
@@ -164,7 +273,12 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
         raise SettingsError(f"domain {domain!r} is invalid: give a DNS name such as registry.example.com")
     vpc_networks = parse_networks(env.get("CRPE_VPC_NETWORKS", ",".join(DEFAULT_VPC_NETWORKS)),
                                   "CRPE_VPC_NETWORKS")
-    regions = parse_regions(env.get("CRPE_REGIONS") or ",".join(DEFAULT_REGIONS), vpc_networks)
+    storage_text = env.get("CRPE_STORAGE") or ""
+    try:
+        storage = json.loads(storage_text) if storage_text.strip() else {}
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"CRPE_STORAGE is not valid JSON: {error}") from None
+    regions = parse_regions(env.get("CRPE_REGIONS") or ",".join(DEFAULT_REGIONS), vpc_networks, storage)
     workers = _integer(overrides.get("workers") or env.get("CRPE_WORKERS") or 0, "CRPE_WORKERS", 0)
     token_ttl = _integer(env.get("CRPE_TOKEN_TTL") or 300, "CRPE_TOKEN_TTL", 10)
     namespace_quota = _integer(env.get("CRPE_NAMESPACE_QUOTA") or 3, "CRPE_NAMESPACE_QUOTA", 0)
@@ -189,6 +303,7 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
         repository_quota=repository_quota,
         access_log=env.get("CRPE_ACCESS_LOG", "true").lower() in ("1", "true", "yes"),
         database=normalize_database_url(str(overrides.get("database_url") or env.get("CRPE_DATABASE_URL") or "")),
+        token_key_file=Path(env["CRPE_TOKEN_KEY_FILE"]).resolve() if env.get("CRPE_TOKEN_KEY_FILE") else None,
     )
 
 

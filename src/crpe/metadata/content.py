@@ -61,29 +61,65 @@ class ContentQueries(Database):
 
     # Uploads.
 
-    def create_upload(self, repository_id: int, region: str) -> Upload:
-        upload = Upload(new_id(32), repository_id, region, 0, None, now())
+    def create_upload(self, repository_id: int, region: str, lease_owner: str | None = None,
+                      lease_until: int | None = None) -> Upload:
+        """Start an upload session, leased to `lease_owner` when the creating request writes it at once."""
+        upload = Upload(new_id(32), repository_id, region, 0, None, now(), lease_owner=lease_owner)
         with self._write(durable=False) as connection:
             connection.execute(
-                "INSERT INTO uploads (id, repository_id, region, size, created_at, updated_at) "
-                "VALUES (:id, :repository_id, :region, 0, :now, :now)",
-                {"id": upload.id, "repository_id": repository_id, "region": region, "now": upload.created_at})
+                "INSERT INTO uploads (id, repository_id, region, size, created_at, updated_at, lease_owner, "
+                "lease_until) VALUES (:id, :repository_id, :region, 0, :now, :now, :owner, :until)",
+                {"id": upload.id, "repository_id": repository_id, "region": region, "now": upload.created_at,
+                 "owner": lease_owner, "until": lease_until})
         return upload
 
     def get_upload(self, upload_id: str, repository_id: int) -> Upload | None:
         row = self._one("SELECT * FROM uploads WHERE id = :id AND repository_id = :r",
                         id=upload_id, r=repository_id)
-        if not row:
-            return None
-        return Upload(row.id, row.repository_id, row.region, int(row.size), row.hash_state, row.created_at)
+        return _upload_of(row) if row else None
 
-    def advance_upload(self, upload_id: str, expected_size: int, size: int, hash_state: bytes) -> bool:
-        """Record that the upload grew from `expected_size` to `size`; False if another request moved it."""
+    def claim_upload(self, upload_id: str, repository_id: int, owner: str, until: int,
+                     replacing: str | None = None) -> tuple[Upload | None, bool]:
+        """Lease the upload to `owner` until `until`, if no other live lease holds it.
+
+        `replacing` names a lease whose holder is known to be dead, which may be taken before it expires.
+        Return the upload (None if there is none) and whether the lease is now `owner`'s.
+        """
         with self._write(durable=False) as connection:
             result = connection.execute(
-                "UPDATE uploads SET size = :size, hash_state = :state, updated_at = :now "
-                "WHERE id = :id AND size = :expected",
-                {"size": size, "state": hash_state, "now": now(), "id": upload_id, "expected": expected_size})
+                "UPDATE uploads SET lease_owner = :owner, lease_until = :until WHERE id = :id AND repository_id = :r "
+                "AND (lease_owner IS NULL OR lease_until < :now OR lease_owner = :replacing)",
+                {"owner": owner, "until": until, "id": upload_id, "r": repository_id, "now": now(),
+                 "replacing": replacing})
+            row = connection.execute("SELECT * FROM uploads WHERE id = :id AND repository_id = :r",
+                                     {"id": upload_id, "r": repository_id}).first()
+        return (_upload_of(row) if row else None), result.rowcount == 1
+
+    def renew_upload_lease(self, upload_id: str, owner: str, until: int) -> bool:
+        """Extend `owner`'s lease; False if the lease expired and another request took the upload."""
+        with self._write(durable=False) as connection:
+            result = connection.execute(
+                "UPDATE uploads SET lease_until = :until WHERE id = :id AND lease_owner = :owner",
+                {"until": until, "id": upload_id, "owner": owner})
+        return result.rowcount == 1
+
+    def release_upload(self, upload_id: str, owner: str) -> None:
+        with self._write(durable=False) as connection:
+            connection.execute("UPDATE uploads SET lease_owner = NULL, lease_until = NULL "
+                               "WHERE id = :id AND lease_owner = :owner", {"id": upload_id, "owner": owner})
+
+    def advance_upload(self, upload_id: str, owner: str, expected_size: int, size: int, hash_state: bytes,
+                       storage_state: bytes | None) -> bool:
+        """Record that the upload grew from `expected_size` to `size` and release `owner`'s lease.
+
+        Return False, changing nothing, if the lease is no longer `owner`'s or another request moved the upload.
+        """
+        with self._write(durable=False) as connection:
+            result = connection.execute(
+                "UPDATE uploads SET size = :size, hash_state = :state, storage_state = :storage, updated_at = :now, "
+                "lease_owner = NULL, lease_until = NULL WHERE id = :id AND size = :expected AND lease_owner = :owner",
+                {"size": size, "state": hash_state, "storage": storage_state, "now": now(), "id": upload_id,
+                 "expected": expected_size, "owner": owner})
         return result.rowcount == 1
 
     def delete_upload(self, upload_id: str) -> None:
@@ -199,3 +235,8 @@ class ContentQueries(Database):
                          "WHERE repository_id = :r AND subject = :s ORDER BY digest", r=repository_id, s=subject)
         return [Manifest(row.digest, row.media_type, int(row.size), b"", row.artifact_type, subject,
                          row.annotations) for row in rows]
+
+
+def _upload_of(row: Any) -> Upload:
+    return Upload(row.id, row.repository_id, row.region, int(row.size), row.hash_state, row.created_at,
+                  row.storage_state, row.lease_owner)

@@ -18,7 +18,9 @@ class MaintenanceQueries(Database):
         return [row.id for row in self._all("SELECT id FROM instances ORDER BY id")]
 
     def gc_stale_uploads(self, cutoff: int) -> list[tuple[str, str, int]]:
-        rows = self._all("SELECT id, region, size FROM uploads WHERE updated_at < :cutoff", cutoff=cutoff)
+        """List uploads unchanged since `cutoff` that no request is writing, as (id, region, size)."""
+        rows = self._all("SELECT id, region, size FROM uploads WHERE updated_at < :cutoff AND "
+                         "(lease_owner IS NULL OR lease_until < :now)", cutoff=cutoff, now=now())
         return [(row.id, row.region, int(row.size)) for row in rows]
 
     def upload_ids(self) -> set[str]:

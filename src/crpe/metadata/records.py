@@ -102,6 +102,8 @@ class Upload:
     size: int
     hash_state: bytes | None
     created_at: int
+    storage_state: bytes | None = None
+    lease_owner: str | None = None
 
 
 @dataclass(frozen=True)

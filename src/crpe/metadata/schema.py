@@ -126,6 +126,11 @@ uploads = Table(
     Column("hash_state", LargeBinary),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # The blob store's own state of the upload, such as an S3 multipart upload id and its parts.
+    Column("storage_state", LargeBinary),
+    # The request that writes the upload now, on whichever node, and until when (Unix seconds) it may.
+    Column("lease_owner", String(128)),
+    Column("lease_until", BigInteger),
 )
 
 manifests = Table(

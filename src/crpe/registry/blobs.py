@@ -40,7 +40,17 @@ async def get_blob(call: Call, name: str, digest: str, head: bool) -> Response:
         return StreamingResponse(blobs.read_range(digest, start, end), 206, headers)
     if head:
         return EmptyResponse(200, {**headers, "Content-Length": str(size)})
-    return FileSendResponse(str(blobs.blob_path(digest)), size, headers)
+    redirect = blobs.redirect_url(digest)
+    if redirect:
+        # The object store serves the bytes; clients follow a 307 on blob GETs (distribution does the same).
+        return EmptyResponse(307, {**API_VERSION_HEADER, "Location": redirect, "Docker-Content-Digest": digest})
+    path = blobs.local_path(digest)
+    if path is None and size == 0:
+        return EmptyResponse(200, {**headers, "Content-Length": "0"})
+    if path is None:
+        return StreamingResponse(blobs.read_range(digest, 0, size - 1), 200,
+                                 {**headers, "Content-Length": str(size)})
+    return FileSendResponse(path, size, headers)
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
+
+from crpe.storage.base import StorageError
 
 # Reads of a blob range are sent in pieces of this size, so memory stays flat for any blob.
 READ_CHUNK_BYTES = 1024 * 1024
@@ -38,96 +40,54 @@ class FilesystemBlobStore:
     def upload_path(self, upload_id: str) -> Path:
         return self.root / "uploads" / upload_id
 
-    def create_upload(self, upload_id: str) -> None:
-        self.upload_path(upload_id).touch(exist_ok=False)
+    def open_upload(self, upload_id: str, size: int, state: bytes | None) -> FilesystemUpload:
+        return FilesystemUpload(self, upload_id, size)
 
-    def upload_size(self, upload_id: str) -> int | None:
-        try:
-            return self.upload_path(upload_id).stat().st_size
-        except FileNotFoundError:
-            return None
+    def blob_exists(self, digest: str) -> bool:
+        return self.blob_path(digest).exists()
 
-    def write_upload(self, upload_id: str, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Write `data` at `offset` of the upload file; called from a worker thread."""
-        fd = os.open(self.upload_path(upload_id), os.O_WRONLY)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
-                offset += written
-        finally:
-            os.close(fd)
+    def local_path(self, digest: str) -> str | None:
+        return str(self.blob_path(digest))
 
-    def sync_upload(self, upload_id: str, size: int) -> None:
-        """Make the first `size` bytes durable and drop anything a failed request wrote past them."""
-        fd = os.open(self.upload_path(upload_id), os.O_WRONLY)
-        try:
-            if os.fstat(fd).st_size != size:
-                os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def redirect_url(self, digest: str) -> str | None:
+        return None
 
-    def hash_upload(self, upload_id: str, algorithm: str) -> str:
-        """Hash the upload file from disk, for digests other than the streamed SHA-256."""
-        hasher = hashlib.new(algorithm)
-        with open(self.upload_path(upload_id), "rb") as file:
-            while chunk := file.read(READ_CHUNK_BYTES):
-                hasher.update(chunk)
-        return f"{algorithm}:{hasher.hexdigest()}"
-
-    def place_blob(self, upload_id: str, digest: str) -> None:
-        """Make blob `digest` exist, hard-linking the verified, fsynced upload file if it is missing.
-
-        The upload file stays until the caller deletes it, so the caller can place the blob again after
-        recording it, in case garbage collection moved an older copy away in between.
-        """
-        target = self.blob_path(digest)
-        if target.exists():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(self.upload_path(upload_id), target)
-        except FileExistsError:
-            return  # Another push of the same content placed it first.
-        _fsync_directory(target.parent)
-
-    def trash_blob(self, digest: str) -> Path | None:
-        """Move a blob out of reach before deleting it; return where it went, or None if it was gone."""
+    def trash_blob(self, digest: str) -> str | None:
         trash = self.root / "trash" / f"{digest.replace(':', '-')}.{os.getpid()}.{os.urandom(4).hex()}"
         try:
             os.rename(self.blob_path(digest), trash)
         except FileNotFoundError:
             return None
-        return trash
+        return str(trash)
 
-    def restore_blob(self, trash: Path, digest: str) -> None:
-        """Put a trashed blob back; a copy placed meanwhile by a push has the same bytes."""
+    def restore_blob(self, trash: str, digest: str) -> None:
         target = self.blob_path(digest)
         try:
             os.link(trash, target)
         except FileExistsError:
             pass
-        trash.unlink()
+        os.unlink(trash)
 
-    def upload_ids(self) -> list[str]:
-        return [entry.name for entry in os.scandir(self.root / "uploads")]
+    def purge_trash(self, trash: str) -> None:
+        Path(trash).unlink(missing_ok=True)
 
-    def upload_mtime(self, upload_id: str) -> float | None:
-        try:
-            return self.upload_path(upload_id).stat().st_mtime
-        except FileNotFoundError:
-            return None
+    def upload_leftovers(self) -> Iterator[tuple[str, float, int]]:
+        for entry in os.scandir(self.root / "uploads"):
+            try:
+                status = entry.stat()
+            except FileNotFoundError:
+                continue
+            yield entry.name, status.st_mtime, status.st_size
 
-    def delete_upload(self, upload_id: str) -> None:
+    def delete_upload_data(self, upload_id: str) -> None:
         self.upload_path(upload_id).unlink(missing_ok=True)
 
-    def delete_blob(self, digest: str) -> None:
-        self.blob_path(digest).unlink(missing_ok=True)
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"blob store directory {self.root} is not writable by this user; fix its owner "
+                               "or set the region's storage to another directory")
 
     async def read_range(self, digest: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Yield bytes `start` to `end` inclusive of a blob."""
         with open(self.blob_path(digest), "rb") as file:
             position = start
             while position <= end:
@@ -137,6 +97,67 @@ class FilesystemBlobStore:
                     return
                 position += len(chunk)
                 yield chunk
+
+
+class FilesystemUpload:
+    """An upload file written at explicit offsets; bytes past the committed size are a failed request's."""
+
+    def __init__(self, store: FilesystemBlobStore, upload_id: str, size: int) -> None:
+        self.store = store
+        self.upload_id = upload_id
+        self.size = size
+        self.path = store.upload_path(upload_id)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(fd, view, self.size)
+                view = view[written:]
+                self.size += written
+        finally:
+            os.close(fd)
+
+    def commit(self) -> bytes | None:
+        # Truncating drops anything a failed request wrote past the committed size.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size != self.size:
+                os.ftruncate(fd, self.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return None
+
+    def release(self) -> None:
+        pass
+
+    def seal(self) -> None:
+        self.commit()
+
+    def hash(self, algorithm: str) -> str:
+        hasher = hashlib.new(algorithm)
+        with open(self.path, "rb") as file:
+            while chunk := file.read(READ_CHUNK_BYTES):
+                hasher.update(chunk)
+        return f"{algorithm}:{hasher.hexdigest()}"
+
+    def place(self, digest: str) -> None:
+        # The upload file stays until `discard`, so the caller can place the blob again after recording it,
+        # in case garbage collection moved an older copy away in between.
+        target = self.store.blob_path(digest)
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.path, target)
+        except FileExistsError:
+            return  # Another push of the same content placed it first.
+        _fsync_directory(target.parent)
+
+    def discard(self) -> None:
+        self.store.delete_upload_data(self.upload_id)
 
 
 def _fsync_directory(path: Path) -> None:
