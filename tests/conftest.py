@@ -4,7 +4,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
+from postgres import postgres_server  # noqa: F401  (session fixture: one PostgreSQL for all modules)
+from rgw import rgw_server  # noqa: F401  (session fixture: one Ceph cluster for all modules)
 from server import CrpeServer
 
 

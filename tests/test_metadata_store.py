@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from postgres import postgres_server  # noqa: F401  (the session fixture the PostgreSQL backend uses)
 from sqlalchemy import create_engine, text
 
 from crpe.metadata import migrate

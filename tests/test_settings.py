@@ -131,4 +131,5 @@ def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as raised:
         from_environment({}, config=str(tmp_path / "absent.toml"))
 
-    assert str(raised.value) == f"configuration file {tmp_path / 'absent.toml'} does not exist; fix --config or CRPE_CONFIG"
+    expected = f"configuration file {tmp_path / 'absent.toml'} does not exist; fix --config or CRPE_CONFIG"
+    assert str(raised.value) == expected

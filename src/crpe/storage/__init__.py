@@ -13,7 +13,11 @@ def open_blob_store(settings: Settings, region: Region) -> BlobStore:
     storage = region.storage
     if storage.type == "s3":
         # boto3 costs about 20 MiB per process, so only deployments that use S3 import it.
-        from crpe.storage.s3 import S3BlobStore
+        try:
+            from crpe.storage.s3 import S3BlobStore
+        except ImportError as error:
+            raise StorageError(f"region {region.id} stores blobs on S3, which needs boto3 ({error}); install it "
+                               "with pip install 'crpe[s3]'") from None
 
         return S3BlobStore(storage)
     return FilesystemBlobStore(settings.storage_path(region))
