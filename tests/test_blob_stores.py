@@ -276,3 +276,18 @@ def test_s3_size_mismatch_is_reported(rgw_server: RgwServer, bucket: str, tmp_pa
         blobs.open_upload("u-mismatch", size + 1, state)
 
     assert f"holds {size} bytes but its record says {size + 1}" in str(raised.value)
+
+
+def test_list_blobs_reports_placed(blobs: BlobStore) -> None:
+    data = data_of(4321, b"listed blob")
+    digest = digest_of(data)
+    writer = blobs.open_upload("u-list", 0, None)
+    writer.write(data)
+    writer.seal()
+    writer.place(digest)
+
+    listed = {found: (changed, size) for found, changed, size in blobs.list_blobs()}
+
+    assert listed[digest][1] == 4321
+    assert listed[digest][0] > 1_700_000_000
+    assert "u-list" not in {found.split(":", 1)[-1] for found in listed}

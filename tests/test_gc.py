@@ -92,6 +92,35 @@ def test_grace_period_keeps_young(gc_server: CrpeServer, registry: RegistryClien
     assert blob_status(registry, "team/young", digest) == 200
 
 
+def test_blob_file_without_row_removed(gc_server: CrpeServer, registry: RegistryClient) -> None:
+    """A blob file placed by a push that died before recording it goes once it is older than the grace period."""
+    registry.push_image("team/kept", "v1", "kept beside a stray file")
+    blobs = gc_server.root / "data" / "storage" / "cn-hangzhou" / "blobs" / "sha256"
+    stray, young = os.urandom(700), os.urandom(300)
+    paths = []
+    for data in (stray, young):
+        digest = sha256(data)
+        path = blobs / digest[7:9] / digest[7:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path)
+    two_hours_ago = time.time() - 7200
+    os.utime(paths[0], (two_hours_ago, two_hours_ago))
+
+    dry_run = run_gc(gc_server, "--grace-period", "3600", "--dry-run")
+    kept_by_dry_run = paths[0].exists()
+    report = run_gc(gc_server, "--grace-period", "3600")
+
+    assert dry_run["blobs"] == 1
+    assert dry_run["blob_bytes"] == 700
+    assert kept_by_dry_run is True
+    assert paths[0].exists() is False
+    assert report["blobs"] == 1
+    assert report["blob_bytes"] == 700
+    assert paths[1].read_bytes() == young
+    assert pulls_back(registry, "team/kept", "v1")
+
+
 def test_deleted_manifest_frees_unshared_layers(gc_server: CrpeServer, registry: RegistryClient) -> None:
     config_a, config_b, shared, unique = (os.urandom(64) for _ in range(4))
     for blob in (config_a, config_b, shared, unique):

@@ -193,3 +193,27 @@ def test_gc_during_pushes_on_all_nodes(cluster: Cluster, clients: list[RegistryC
                                   repository=repository)
             assert blob.status_code == 200, (tag, descriptor["digest"])
             assert sha256(blob.content) == descriptor["digest"]
+
+
+def test_gc_removes_unrecorded_object(cluster: Cluster, clients: list[RegistryClient]) -> None:
+    """An object under blobs/ with no database row, as a push that died before recording it leaves, goes."""
+    data = data_of(5000, b"stray object")
+    digest = sha256(data)
+    key = f"{cluster.prefix}blobs/sha256/{digest[7:9]}/{digest[7:]}"
+    cluster.rgw.client().put_object(Bucket=cluster.bucket, Key=key, Body=data)
+    kept = clients[0].push_image(REPOSITORY, "kept", "beside a stray object")
+    time.sleep(1.1)  # Timestamps are whole seconds: a zero grace period keeps what changed this second.
+
+    dry_run = json.loads(cluster.nodes[1].cli("gc", "--grace-period", "0", "--dry-run", "--output", "json").stdout)
+    listed_after_dry_run = key in cluster.object_keys("blobs")
+    report = json.loads(cluster.nodes[1].cli("gc", "--grace-period", "0", "--output", "json").stdout)
+    manifest = clients[2].request("GET", f"/v2/{REPOSITORY}/manifests/kept", network="vpc", repository=REPOSITORY,
+                                  headers={"Accept": json.loads(kept)["mediaType"]})
+
+    assert dry_run["blobs"] >= 1
+    assert listed_after_dry_run is True
+    assert report["blobs"] >= 1
+    assert key not in cluster.object_keys("blobs")
+    assert cluster.object_keys("trash") == []
+    assert manifest.status_code == 200
+    assert manifest.content == kept

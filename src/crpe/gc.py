@@ -55,17 +55,37 @@ def collect(store: MetadataStore, blob_stores: dict[str, BlobStore], grace_secon
             continue
         if not store.gc_delete_blob_row(region, digest, cutoff):
             continue  # A push linked or touched it since the listing.
-        trash = blobs.trash_blob(digest)
-        if trash is None:
-            continue
-        if store.blob_recorded(region, digest):
-            blobs.restore_blob(trash, digest)  # A push recorded these bytes again in the meantime.
-            continue
-        blobs.purge_trash(trash)
-        report.blobs += 1
-        report.blob_bytes += size
+        if _remove_blob(store, blobs, region, digest):
+            report.blobs += 1
+            report.blob_bytes += size
+    for region, blobs in blob_stores.items():
+        _collect_unrecorded_blobs(store, blobs, region, cutoff, dry_run, report)
     log.info("garbage collection finished", extra={f"gc.{key}": value for key, value in report.view().items()})
     return report
+
+
+def _remove_blob(store: MetadataStore, blobs: BlobStore, region: str, digest: str) -> bool:
+    """Delete a blob whose row is gone, unless a push records it again meanwhile; return whether it went."""
+    trash = blobs.trash_blob(digest)
+    if trash is None:
+        return False
+    if store.blob_recorded(region, digest):
+        blobs.restore_blob(trash, digest)  # A push recorded these bytes again in the meantime.
+        return False
+    blobs.purge_trash(trash)
+    return True
+
+
+def _collect_unrecorded_blobs(store: MetadataStore, blobs: BlobStore, region: str, cutoff: int, dry_run: bool,
+                              report: Report) -> None:
+    """Remove stored blobs that have no row: placed by a push that died before recording them."""
+    recorded = store.recorded_digests(region)
+    for digest, changed, size in list(blobs.list_blobs()):
+        if digest in recorded or changed >= cutoff:
+            continue
+        if dry_run or _remove_blob(store, blobs, region, digest):
+            report.blobs += 1
+            report.blob_bytes += size
 
 
 def _collect_uploads(store: MetadataStore, blob_stores: dict[str, BlobStore], cutoff: int,

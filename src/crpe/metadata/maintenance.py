@@ -82,6 +82,9 @@ class MaintenanceQueries(Database):
                 "(SELECT 1 FROM repository_blobs l WHERE l.digest = :d)",
                 {"r": region, "d": digest, "cutoff": cutoff}).rowcount == 1
 
+    def recorded_digests(self, region: str) -> set[str]:
+        return {row.digest for row in self._all("SELECT digest FROM blobs WHERE region = :r", r=region)}
+
     def blob_recorded(self, region: str, digest: str) -> bool:
         return self._one("SELECT 1 AS present FROM blobs WHERE region = :r AND digest = :d",
                          r=region, d=digest) is not None

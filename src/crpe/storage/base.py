@@ -65,6 +65,9 @@ class BlobStore(Protocol):
     def purge_trash(self, trash: str) -> None:
         """Delete a trashed blob for good."""
 
+    def list_blobs(self) -> Iterator[tuple[str, float, int]]:
+        """List every stored blob as (digest, last change in Unix seconds, bytes)."""
+
     def upload_leftovers(self) -> Iterator[tuple[str, float, int]]:
         """List upload data in the store as (upload id, last change in Unix seconds, bytes)."""
 

@@ -71,6 +71,16 @@ class FilesystemBlobStore:
     def purge_trash(self, trash: str) -> None:
         Path(trash).unlink(missing_ok=True)
 
+    def list_blobs(self) -> Iterator[tuple[str, float, int]]:
+        for algorithm in os.scandir(self.root / "blobs"):
+            for folder in os.scandir(algorithm.path):
+                for entry in os.scandir(folder.path):
+                    try:
+                        status = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    yield f"{algorithm.name}:{entry.name}", status.st_mtime, status.st_size
+
     def upload_leftovers(self) -> Iterator[tuple[str, float, int]]:
         for entry in os.scandir(self.root / "uploads"):
             try:

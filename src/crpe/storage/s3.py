@@ -87,6 +87,13 @@ class S3BlobStore:
     def open_upload(self, upload_id: str, size: int, state: bytes | None) -> S3Upload:
         return S3Upload(self, upload_id, size, state)
 
+    def list_blobs(self) -> Iterator[tuple[str, float, int]]:
+        prefix = f"{self.prefix}blobs/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                algorithm, _, encoded = item["Key"][len(prefix):].split("/", 2)
+                yield f"{algorithm}:{encoded}", item["LastModified"].timestamp(), int(item["Size"])
+
     def upload_leftovers(self) -> Iterator[tuple[str, float, int]]:
         prefix = f"{self.prefix}uploads/"
         found: dict[str, tuple[float, int]] = {}
