@@ -5,14 +5,16 @@ Both registries run on 127.0.0.1 with filesystem storage in one temporary direct
 Every row is measured for both registries in turn (crpe, distribution, crpe, ...) over
 several rounds, and the report gives the medians, the ratio crpe/distribution and a
 pass or fail against the project's targets. nginx with sendfile and hashlib's SHA-256
-give the physical ceiling of this machine. The results go to stdout and to
-docs/benchmarks.md.
+give the physical ceiling of this machine. The nodes row compares manifest GET on one
+crpe node with three crpe nodes, all on one PostgreSQL database (see nodes.py). The
+results go to stdout and to docs/benchmarks.md.
 
 Run as root from the repository root:
 
     python3 benchmarks/compare.py            # full run, 3 rounds: 6 minutes measured on 2 cores
     python3 benchmarks/compare.py --quick    # smoke run with small images and short loads
     python3 benchmarks/compare.py --registry distribution   # without crpe
+    python3 benchmarks/compare.py --rows nodes --output /tmp/nodes.md   # the nodes row alone
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import shutil
 import subprocess
@@ -33,32 +34,40 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from clients import SKOPEO_CACHE_DIR, curl_download, log, run_hey, run_wrk, skopeo_copy
+from nodes import NodeComparison
 from oci_layout import OCI_MANIFEST, Image, write_image
-from report import Report
-from servers import BenchmarkError, Crpe, Distribution, Nginx, Registry, describe_exchange, http_request, tail
+from report import NODE_ROW, Report
+from servers import (
+    BenchmarkError,
+    Crpe,
+    Distribution,
+    Nginx,
+    Registry,
+    describe_exchange,
+    find_postgres_bin_dir,
+    http_request,
+    postgres_version,
+    tail,
+)
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
-STARTED = time.monotonic()
 
-# Debian package for each command the benchmark runs.
+# Debian package for each command that a group of rows runs.
 REQUIRED_PACKAGES = {
-    "docker-registry": "docker-registry",
-    "skopeo": "skopeo",
-    "wrk": "wrk",
-    "hey": "hey",
-    "curl": "curl",
-    "nginx": "nginx-light",
-    "unshare": "util-linux",
+    "registries": {
+        "docker-registry": "docker-registry",
+        "skopeo": "skopeo",
+        "wrk": "wrk",
+        "hey": "hey",
+        "curl": "curl",
+        "nginx": "nginx-light",
+        "unshare": "util-linux",
+    },
+    "nodes": {"skopeo": "skopeo", "wrk": "wrk", "unshare": "util-linux", "setpriv": "util-linux"},
 }
-
-# skopeo, as root, keeps a blob-location cache in this directory and would mount blobs
-# from an earlier repository instead of uploading them. Every skopeo run gets an empty
-# tmpfs here, inside its own mount namespace.
-SKOPEO_CACHE_DIR = "/var/lib/containers/cache"
-SKOPEO_NAMESPACE_SCRIPT = (
-    f'mount --bind "$0" /etc/hosts && mount -t tmpfs -o size=64m tmpfs {SKOPEO_CACHE_DIR} && exec "$@"'
-)
+ROW_GROUPS = ("registries", "nodes")
 
 
 @dataclass
@@ -75,6 +84,10 @@ class Settings:
     load_warmup_seconds: int = 1
     load_connections: int = 32
     wrk_threads: int = 1
+    # The nodes row: the three nodes have one worker each and the single node as many as they have together.
+    nodes: int = 3
+    workers_per_node: int = 1
+    row_groups: tuple[str, ...] = ROW_GROUPS
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -84,7 +97,16 @@ class Settings:
             settings = cls(rounds=3, quick=False, blob_bytes=1024 * MIB, concurrent_image_bytes=128 * MIB)
         if args.rounds is not None:
             settings.rounds = args.rounds
+        settings.row_groups = selected_row_groups(args)
         return settings
+
+
+def selected_row_groups(args: argparse.Namespace) -> tuple[str, ...]:
+    """Return the groups of rows to run. The nodes row needs crpe, so `--registry distribution` drops it."""
+    groups = ROW_GROUPS if args.rows == "all" else (args.rows,)
+    if args.registry == "distribution":
+        groups = tuple(group for group in groups if group != "nodes")
+    return groups
 
 
 @dataclass
@@ -95,10 +117,6 @@ class Images:
 
 
 # Environment and tools
-
-
-def log(message: str) -> None:
-    print(f"[{time.monotonic() - STARTED:4.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 def find_command(name: str) -> str | None:
@@ -125,12 +143,24 @@ def wait_for_package_manager(timeout: float = 1200) -> None:
         time.sleep(5)
 
 
-def install_missing_tools() -> None:
-    missing = sorted({package for command, package in REQUIRED_PACKAGES.items() if not find_command(command)})
+def missing_packages(row_groups: tuple[str, ...]) -> list[str]:
+    missing = {
+        package
+        for group in row_groups
+        for command, package in REQUIRED_PACKAGES[group].items()
+        if not find_command(command)
+    }
+    if "nodes" in row_groups and find_postgres_bin_dir() is None:
+        missing.add("postgresql")
+    return sorted(missing)
+
+
+def install_missing_tools(row_groups: tuple[str, ...]) -> None:
+    missing = missing_packages(row_groups)
     if not missing:
         return
     wait_for_package_manager()
-    missing = sorted({package for command, package in REQUIRED_PACKAGES.items() if not find_command(command)})
+    missing = missing_packages(row_groups)
     if not missing:
         return
     if os.geteuid() != 0:
@@ -205,22 +235,23 @@ def crpe_version(crpe_binary: str) -> str:
     return description
 
 
-def collect_versions(crpe_binary: str | None) -> dict[str, str]:
+def collect_versions(crpe_binary: str | None, row_groups: tuple[str, ...]) -> dict[str, str]:
     versions = {}
     if crpe_binary:
         versions["crpe"] = crpe_version(crpe_binary)
-    versions.update(
-        {
-            "distribution": command_output(["/usr/bin/docker-registry", "--version"]),
-            "skopeo": command_output(["skopeo", "--version"]),
-            "hey": "Debian package " + command_output(["dpkg-query", "-W", "-f=${Version}", "hey"]),
-            "wrk": command_output(["wrk", "-v"]),
-            "curl": command_output(["curl", "--version"]),
-            "nginx": command_output([find_command("nginx") or "nginx", "-v"]),
-            "Python": platform.python_version(),
-            "kernel": platform.release(),
-        }
-    )
+    if "nodes" in row_groups:
+        versions["PostgreSQL"] = postgres_version()
+    if "registries" in row_groups:
+        versions["distribution"] = command_output(["/usr/bin/docker-registry", "--version"])
+    versions["skopeo"] = command_output(["skopeo", "--version"])
+    if "registries" in row_groups:
+        versions["hey"] = "Debian package " + command_output(["dpkg-query", "-W", "-f=${Version}", "hey"])
+    versions["wrk"] = command_output(["wrk", "-v"])
+    if "registries" in row_groups:
+        versions["curl"] = command_output(["curl", "--version"])
+        versions["nginx"] = command_output([find_command("nginx") or "nginx", "-v"])
+    versions["Python"] = platform.python_version()
+    versions["kernel"] = platform.release()
     return versions
 
 
@@ -251,155 +282,6 @@ def own_cpu_seconds() -> float:
     """
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
-
-
-# Clients
-
-
-def skopeo_copy(
-    source: str,
-    destination: str,
-    hosts_file: Path,
-    *,
-    source_creds: str | None = None,
-    destination_creds: str | None = None,
-    timeout: float = 900,
-) -> float:
-    """Run `skopeo copy` in a private mount namespace and return its wall time in seconds.
-
-    The namespace maps the registry host names to 127.0.0.1 through `hosts_file` and hides
-    skopeo's blob-location cache, so each copy uploads or downloads every blob.
-    """
-    options = ["--quiet", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"]
-    if source.startswith("docker://"):
-        options += ["--src-creds", source_creds] if source_creds else ["--src-no-creds"]
-    if destination.startswith("docker://"):
-        options += ["--dest-creds", destination_creds] if destination_creds else ["--dest-no-creds"]
-    command = [
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        SKOPEO_NAMESPACE_SCRIPT,
-        str(hosts_file),
-        "skopeo",
-        "copy",
-        *options,
-        source,
-        destination,
-    ]
-
-    started = time.perf_counter()
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise BenchmarkError(f"skopeo copy {source} {destination} timed out after {timeout:.0f} s") from None
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        secrets = {source_creds, destination_creds} - {None}
-        skopeo_arguments = [
-            re.sub(r":.*", ":<redacted>", part) if part in secrets else part
-            for part in command[command.index("skopeo") :]
-        ]
-        raise BenchmarkError(
-            f"`{shlex.join(skopeo_arguments)}` exited with code {result.returncode}:\n"
-            f"{(result.stdout + result.stderr).strip()[-2000:]}"
-        )
-    return elapsed
-
-
-def curl_download(url: str, port: int, headers: dict[str, str], expected_bytes: int, count: int) -> float:
-    """Download `url` `count` times through 127.0.0.1:`port` to /dev/null and return MiB/s.
-
-    The rate is the total byte count over the total transfer time, because a single 1 GiB
-    download takes under a second and its rate varied widely between rounds.
-    """
-    total_bytes, total_seconds = 0, 0.0
-    for _ in range(count):
-        size, seconds = download_once(url, port, headers, expected_bytes)
-        total_bytes += size
-        total_seconds += seconds
-    return total_bytes / total_seconds / MIB
-
-
-def download_once(url: str, port: int, headers: dict[str, str], expected_bytes: int) -> tuple[int, float]:
-    command = [
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "--connect-to",
-        f"::127.0.0.1:{port}",
-        "-w",
-        "%{http_code} %{size_download} %{time_total}",
-        url,
-    ]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode != 0:
-        raise BenchmarkError(f"curl GET {url} exited with code {result.returncode}: {result.stderr.strip()}")
-    status, size, seconds = result.stdout.split()
-    if status != "200" or int(size) != expected_bytes:
-        raise BenchmarkError(
-            f"curl GET {url} returned HTTP {status} with {size} bytes, expected HTTP 200 with {expected_bytes} bytes"
-        )
-    return int(size), float(seconds)
-
-
-def run_wrk(settings: Settings, port: int, path: str, headers: dict[str, str], seconds: int) -> tuple[float, int, str]:
-    """Run wrk against 127.0.0.1:`port`; return requests/s, the non-2xx count and the summary."""
-    command = ["wrk", f"-t{settings.wrk_threads}", f"-c{settings.load_connections}", f"-d{seconds}s"]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    command.append(f"http://127.0.0.1:{port}{path}")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    output = result.stdout + result.stderr
-    rate = re.search(r"Requests/sec:\s*([\d.]+)", output)
-    if result.returncode != 0 or not rate:
-        raise BenchmarkError(f"wrk exited with code {result.returncode}:\n{output.strip()}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", output)
-    errors = re.search(r"Socket errors:.*", output)
-    summary = f"{float(rate.group(1)):.0f} req/s" + (f", {errors.group(0)}" if errors else "")
-    return float(rate.group(1)), int(non_2xx.group(1)) if non_2xx else 0, summary
-
-
-def run_hey(
-    settings: Settings, port: int, method: str, path: str, headers: dict[str, str], seconds: int
-) -> tuple[float, int, str]:
-    """Run hey against 127.0.0.1:`port`; return requests/s, the non-2xx count and the summary.
-
-    HEAD needs hey because wrk 4.1.0 (Debian 12) waits for a body after a HEAD response
-    with a Content-Length and so completes no request.
-    """
-    command = [
-        "hey",
-        "-z",
-        f"{seconds}s",
-        "-c",
-        str(settings.load_connections),
-        "-m",
-        method,
-        "-disable-redirects",
-    ]
-    for name, value in headers.items():
-        command += ["-host", value] if name.lower() == "host" else ["-H", f"{name}: {value}"]
-    command.append(f"http://127.0.0.1:{port}{path}")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    output = result.stdout + result.stderr
-    rate = re.search(r"Requests/sec:\s*([\d.]+)", output)
-    if result.returncode != 0 or not rate:
-        raise BenchmarkError(f"hey exited with code {result.returncode}:\n{output.strip()}")
-    statuses = {int(code): int(count) for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", output)}
-    errors = re.search(r"Error distribution:(.*)", output, re.DOTALL)
-    non_2xx = sum(count for code, count in statuses.items() if not 200 <= code < 300)
-    summary = f"{float(rate.group(1)):.0f} req/s, status codes {statuses}"
-    if errors:
-        summary += f", errors: {errors.group(1).strip()[:500]}"
-        non_2xx += 1
-    return float(rate.group(1)), non_2xx, summary
 
 
 def sha256_throughput(total_bytes: int) -> float:
@@ -591,8 +473,9 @@ class Benchmark:
 
         def load(seconds: int) -> tuple[float, int, str]:
             if method == "HEAD":
-                return run_hey(self.settings, registry.port, method, path, headers, seconds)
-            return run_wrk(self.settings, registry.port, path, headers, seconds)
+                return run_hey(registry.port, method, path, headers, seconds, self.settings.load_connections)
+            connections, threads = self.settings.load_connections, self.settings.wrk_threads
+            return run_wrk(registry.port, path, headers, seconds, connections, threads)
 
         load(self.settings.load_warmup_seconds)
         rate, non_2xx, summary = load(self.settings.load_seconds)
@@ -663,6 +546,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: 64 MiB blob, 8 MiB concurrent images, 3 s loads"
     )
     parser.add_argument("--rounds", type=int, help="rounds per row and registry (default 3)")
+    parser.add_argument(
+        "--rows",
+        choices=("all", *ROW_GROUPS),
+        default="all",
+        help=(
+            "rows to run: `registries` for crpe against distribution, `nodes` for one crpe node against "
+            "three on PostgreSQL (default all)"
+        ),
+    )
 
     parser.add_argument(
         "--registry",
@@ -683,21 +575,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--keep-workdir",
         action="store_true",
-        help="keep the temporary directory, with server logs, after the run",
+        help="keep the temporary directory, with server logs, and the nodes row's PostgreSQL directory after the run",
     )
 
     parser.add_argument(
         "--output",
         metavar="FILE",
         type=Path,
-        default=REPOSITORY_ROOT / "docs" / "benchmarks.md",
-        help="Markdown report to write (default docs/benchmarks.md)",
+        help=(
+            "Markdown report to write (default docs/benchmarks.md, but a run with --rows other than all "
+            "writes only to an --output given explicitly)"
+        ),
     )
     parser.add_argument("--no-write", action="store_true", help="print the report only")
 
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.rows == "nodes" and args.registry == "distribution":
+        parser.error("--rows nodes measures crpe only and cannot run with --registry distribution")
+    if args.output is None and args.rows == "all":
+        args.output = REPOSITORY_ROOT / "docs" / "benchmarks.md"
     return args
 
 
@@ -721,34 +619,76 @@ def start_registries(args: argparse.Namespace, work: Path, crpe_binary: str | No
     return started
 
 
+def start_nodes(
+    args: argparse.Namespace, settings: Settings, crpe_binary: str, work: Path, report: Report
+) -> NodeComparison | None:
+    """Start PostgreSQL and the crpe nodes of the nodes row. A failure is reported, and the row is left out."""
+    image = write_image(work / "images" / "nodes", [settings.small_layer_bytes])
+    nodes = NodeComparison(settings, crpe_binary, work, image, report)
+    try:
+        nodes.start()
+    except (BenchmarkError, OSError, subprocess.SubprocessError, KeyError) as error:
+        report.add_problem(NODE_ROW, "start", 0, str(error))
+        report.server_logs.update(nodes.server_logs())
+        nodes.stop(keep_files=args.keep_workdir)
+        return None
+    return nodes
+
+
+def push_nodes_image(
+    args: argparse.Namespace, nodes: NodeComparison, hosts_file: Path, report: Report
+) -> NodeComparison | None:
+    """Push the nodes row's image. A failure is reported and stops the nodes, and the row is left out."""
+    try:
+        nodes.push(hosts_file)
+    except (BenchmarkError, OSError, subprocess.SubprocessError) as error:
+        report.add_problem(NODE_ROW, "push", 0, str(error))
+        report.server_logs.update(nodes.server_logs())
+        nodes.stop(keep_files=args.keep_workdir)
+        return None
+    return nodes
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     settings = Settings.from_args(args)
+    row_groups = settings.row_groups
     started = time.monotonic()
-    install_missing_tools()
+    install_missing_tools(row_groups)
     crpe_binary = find_crpe(args.crpe) if args.registry != "distribution" else None
     os.makedirs(SKOPEO_CACHE_DIR, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="crpe-bench-", dir=args.workdir))
     registries: list[Registry] = []
     nginx: Nginx | None = None
+    nodes: NodeComparison | None = None
     report = Report(
         settings=settings,
         command="python3 " + shlex.join(["benchmarks/compare.py", *argv]),
         machine=describe_machine(),
-        versions=collect_versions(crpe_binary),
+        versions=collect_versions(crpe_binary, row_groups),
     )
     try:
-        images = generate_images(settings, work)
+        images = generate_images(settings, work) if "registries" in row_groups else None
         busy_at_start, own_at_start, wall_at_start = machine_busy_seconds(), own_cpu_seconds(), time.monotonic()
-        registries = start_registries(args, work, crpe_binary, report)
+        if images:
+            registries = start_registries(args, work, crpe_binary, report)
+        if "nodes" in row_groups:
+            nodes = start_nodes(args, settings, crpe_binary, work, report)
         hosts_file = work / "hosts"
-        write_hosts_file(hosts_file, registries)
-        nginx = Nginx(work / "nginx", images.big.layout / "blobs" / "sha256").start()
+        write_hosts_file(hosts_file, [*registries, *(nodes.servers if nodes else [])])
+        if nodes:
+            nodes = push_nodes_image(args, nodes, hosts_file, report)
 
-        benchmark = Benchmark(settings, registries, images, work, hosts_file, report)
+        benchmark = None
+        if images:
+            nginx = Nginx(work / "nginx", images.big.layout / "blobs" / "sha256").start()
+            benchmark = Benchmark(settings, registries, images, work, hosts_file, report)
         for round_number in range(1, settings.rounds + 1):
-            benchmark.run_round(round_number, nginx)
+            if benchmark:
+                benchmark.run_round(round_number, nginx)
+            if nodes:
+                nodes.run_round(round_number)
 
         for registry in registries:
             registry.sampler.sample()
@@ -762,21 +702,29 @@ def main(argv: list[str]) -> int:
                 report.server_logs[registry.name] = tail(registry.log)
         if nginx:
             nginx.stop()
+        if nodes:
+            if any(problem[0] == NODE_ROW for problem in report.problems):
+                report.server_logs.update(nodes.server_logs())
+            nodes.stop(keep_files=args.keep_workdir)
         if "busy_at_start" in locals():
             other_seconds = (machine_busy_seconds() - busy_at_start) - (own_cpu_seconds() - own_at_start)
             capacity = (time.monotonic() - wall_at_start) * (os.cpu_count() or 1)
             report.set_other_cpu(max(other_seconds, 0.0), capacity)
         if args.keep_workdir:
-            log(f"kept {work}")
+            log(f"kept {work}" + (f" and {nodes.postgres.root}" if nodes and nodes.postgres else ""))
         else:
             shutil.rmtree(work, ignore_errors=True)
 
     report.elapsed_seconds = time.monotonic() - started
     report.registries = [name for name in ("crpe", "distribution") if args.registry in ("both", name)]
     print(report.text())
-    if not args.no_write:
+    if args.no_write:
+        pass
+    elif args.output:
         args.output.write_text(report.markdown())
         log(f"wrote {args.output}")
+    else:
+        log(f"wrote no report file: a run with --rows {args.rows} writes only to an explicit --output")
     return 1 if report.problems else 0
 
 

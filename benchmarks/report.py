@@ -7,6 +7,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from clients import split_connections
+
 MIB = 1 << 20
 
 
@@ -55,6 +57,28 @@ def build_rows(settings: Any) -> list[Row]:
     ]
 
 
+NODE_ROW = "nodes_manifest_get"
+# Figures measured alongside the nodes row's rate: CPU time per request of the loaded crpe nodes and of
+# PostgreSQL, and the requests that wrk counted as timed out.
+NODE_CPU_ROWS = ("nodes_crpe_cpu", "nodes_postgres_cpu")
+NODE_TIMEOUT_ROW = "nodes_timeouts"
+
+
+def node_cases(settings: Any) -> tuple[str, str]:
+    """Return the names of the nodes row's two cases, such as `1 node` and `3 nodes`."""
+    return "1 node", f"{settings.nodes} nodes"
+
+
+def node_row_labels(settings: Any) -> dict[str, tuple[str, str]]:
+    """Return the label and unit of each row the nodes comparison measures."""
+    return {
+        NODE_ROW: (f"manifest GET on PostgreSQL, {settings.load_connections} connections", "req/s"),
+        NODE_CPU_ROWS[0]: ("CPU time of the loaded crpe nodes per request", "µs"),
+        NODE_CPU_ROWS[1]: ("CPU time of PostgreSQL per request", "µs"),
+        NODE_TIMEOUT_ROW: ("responses slower than 2 s (wrk timeouts)", "requests"),
+    }
+
+
 def size_text(size: int) -> str:
     if size >= 1 << 30 and size % (1 << 30) == 0:
         return f"{size >> 30} GiB"
@@ -66,7 +90,7 @@ def size_text(size: int) -> str:
 def number_text(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
-    if unit == "req/s":
+    if unit in ("req/s", "requests"):
         return f"{value:,.0f}"
     if unit == "s":
         return f"{value:.2f}"
@@ -165,6 +189,51 @@ class Report:
     def table_header(self) -> list[str]:
         return ["row", "unit", *self.registries, "crpe/distribution", "target", "result"]
 
+    @property
+    def ran_registry_rows(self) -> bool:
+        return "registries" in self.settings.row_groups
+
+    @property
+    def ran_node_rows(self) -> bool:
+        return "nodes" in self.settings.row_groups
+
+    def node_table_header(self) -> list[str]:
+        single_case, spread_case = node_cases(self.settings)
+        workers = self.settings.workers_per_node
+        return [
+            "row",
+            "unit",
+            f"{single_case}, {self.settings.nodes * workers} workers",
+            f"{spread_case}, {workers} worker{'s' if workers > 1 else ''} each",
+            f"{spread_case}/{single_case}",
+        ]
+
+    def node_table_rows(self) -> list[list[str]]:
+        """Return the cells of the nodes table: row, unit, the median of each case and their ratio."""
+        single_case, spread_case = node_cases(self.settings)
+        rows = []
+        for key, (label, unit) in node_row_labels(self.settings).items():
+            single_median, spread_median = self.median(key, single_case), self.median(key, spread_case)
+            # A ratio of two small counts of slow responses would suggest a precision that they lack.
+            has_ratio = single_median and spread_median is not None and key != NODE_TIMEOUT_ROW
+            ratio = f"{spread_median / single_median:.2f}" if has_ratio else "-"
+            rows.append([label, unit, number_text(single_median, unit), number_text(spread_median, unit), ratio])
+        return rows
+
+    def node_lines(self) -> list[str]:
+        """Return the sentences under the nodes table: what the ratio means on this machine."""
+        cores = self.machine.get("cores", "?")
+        workers = self.settings.nodes * self.settings.workers_per_node
+        return [
+            (
+                f"Both cases run {workers} crpe worker processes and one PostgreSQL server on the same "
+                f"{cores} cores, together with the wrk clients. The {self.settings.nodes} nodes therefore add "
+                "no CPU: the ratio shows the cost or benefit of spreading the same workers over nodes that "
+                "share one PostgreSQL database, not the gain of adding machines. Above 1.00 the nodes served "
+                "more requests per second than the single node. This row has no target."
+            ),
+        ]
+
     def ceiling_lines(self) -> list[str]:
         """Return the physical ceiling and each registry's share of it, one sentence per line."""
         nginx = self.median("ceiling_nginx", "machine")
@@ -200,18 +269,19 @@ class Report:
     # Output
 
     def text(self) -> str:
-        header = self.table_header()
-        rows = [header, *self.table_rows()]
-        widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
         lines = [
             "",
             f"Medians over {self.settings.rounds} rounds"
             + (" (quick smoke run, reduced sizes)" if self.settings.quick else ""),
         ]
-        for row in rows:
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-        lines += ["", "Physical ceiling", *(f"  {line}" for line in self.ceiling_lines())]
-        lines += [f"  {detail}" for detail in self.memory_details.values()]
+        if self.ran_registry_rows:
+            lines += text_table(self.table_header(), self.table_rows())
+            lines += ["", "Physical ceiling", *(f"  {line}" for line in self.ceiling_lines())]
+            lines += [f"  {detail}" for detail in self.memory_details.values()]
+        if self.ran_node_rows:
+            lines += ["", "{} and {} on PostgreSQL".format(*node_cases(self.settings))]
+            lines += text_table(self.node_table_header(), self.node_table_rows())
+            lines += [f"  {line}" for line in self.node_lines()]
         for note in self.notes:
             lines.append(f"note: {note}")
         for row, registry, round_number, message in self.problems:
@@ -225,8 +295,14 @@ class Report:
             self.markdown_results(),
             ["## Machine", "", *(f"- {name}: {value}" for name, value in self.machine.items()), ""],
             ["## Versions", "", *(f"- {name}: {value}" for name, value in self.versions.items()), ""],
-            ["## Method", "", *METHOD, ""],
-            ["## What bounds the rows that miss", "", *BOUNDS, ""],
+            [
+                "## Method",
+                "",
+                *(METHOD if self.ran_registry_rows else []),
+                *(node_method(self.settings) if self.ran_node_rows else []),
+                "",
+            ],
+            ["## What bounds the rows that miss", "", *BOUNDS, ""] if self.ran_registry_rows else [],
             self.markdown_problems(),
         ]
         return "\n".join(line for section in sections for line in section)
@@ -245,7 +321,7 @@ class Report:
             f"- Command: `{self.command}`",
             f"- Date: {self.date}",
             f"- Run time: {self.elapsed_seconds / 60:.1f} minutes",
-            (f"- Rounds: {settings.rounds}, each measuring every row for {' then '.join(self.registries)}"),
+            f"- Rounds: {settings.rounds}, each measuring {self.round_contents()}",
         ]
         if settings.quick:
             lines.append(
@@ -255,29 +331,51 @@ class Report:
         lines.append("")
         return lines
 
+    def round_contents(self) -> str:
+        parts = []
+        if self.ran_registry_rows:
+            parts.append(f"every row for {' then '.join(self.registries)}")
+        if self.ran_node_rows:
+            parts.append("the nodes row for {} then {}".format(*node_cases(self.settings)))
+        return ", then ".join(parts)
+
     def markdown_results(self) -> list[str]:
-        lines = ["## Results", "", f"Medians over {self.settings.rounds} rounds.", ""]
-        lines += markdown_table(self.table_header(), self.table_rows())
-        lines += [
-            "",
-            (
-                "For rows in seconds or MiB lower is better, so the ratio crpe/distribution must be "
-                "at most the target. There 1.00 means that crpe is at least as fast and 0.67 that it "
-                "is 1.5 times as fast. Memory may be at most 1.5 times distribution's."
-            ),
-            "",
-            *(f"Note: {note}\n" for note in self.notes),
-            "## Physical ceiling",
-            "",
-            *(f"- {line}" for line in self.ceiling_lines()),
-            "",
-            "## Memory",
-            "",
-            *(f"- {detail}" for detail in self.memory_details.values()),
-            "",
-            "## All rounds",
-            "",
-        ]
+        notes = [f"Note: {note}\n" for note in self.notes]
+        lines = []
+        if self.ran_registry_rows:
+            lines += ["## Results", "", f"Medians over {self.settings.rounds} rounds.", ""]
+            lines += markdown_table(self.table_header(), self.table_rows())
+            lines += [
+                "",
+                (
+                    "For rows in seconds or MiB lower is better, so the ratio crpe/distribution must be "
+                    "at most the target. There 1.00 means that crpe is at least as fast and 0.67 that it "
+                    "is 1.5 times as fast. Memory may be at most 1.5 times distribution's."
+                ),
+                "",
+                *notes,
+                "## Physical ceiling",
+                "",
+                *(f"- {line}" for line in self.ceiling_lines()),
+                "",
+                "## Memory",
+                "",
+                *(f"- {detail}" for detail in self.memory_details.values()),
+                "",
+            ]
+        if self.ran_node_rows:
+            single_case, spread_case = node_cases(self.settings)
+            lines += [
+                f"## {single_case} and {spread_case} on PostgreSQL",
+                "",
+                f"Medians over {self.settings.rounds} rounds.",
+                "",
+            ]
+            lines += markdown_table(self.node_table_header(), self.node_table_rows())
+            lines += ["", *self.node_lines(), ""]
+            if not self.ran_registry_rows:
+                lines += notes
+        lines += ["## All rounds", ""]
         lines += markdown_table(["row", "unit", "registry", "values per round"], self.round_rows())
         lines.append("")
         return lines
@@ -297,11 +395,19 @@ class Report:
         """Return one line per row and registry with the values of every round, in run order."""
         labels = {row.key: (row.label, row.unit) for row in build_rows(self.settings)}
         labels.update(CEILING_LABELS)
+        labels.update(node_row_labels(self.settings))
         rows = []
         for (key, registry), values in self.values.items():
             label, unit = labels.get(key, (key, ""))
             rows.append([label, unit, registry, ", ".join(number_text(value, unit) for value in values)])
         return rows
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Format a table as lines of left-aligned columns separated by two spaces."""
+    rows = [header, *rows]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -354,7 +460,8 @@ METHOD = [
     ),
     (
         "- The script needs root. It installs missing Debian packages (docker-registry, skopeo, wrk, "
-        "hey, curl, nginx-light) with apt-get after any running apt-get has finished. It creates the "
+        "hey, curl, nginx-light, and postgresql for the nodes row) with apt-get after any running "
+        "apt-get has finished. It creates the "
         "empty directory /var/lib/containers/cache if missing, because each skopeo run mounts a "
         "private tmpfs there."
     ),
@@ -401,3 +508,43 @@ METHOD = [
         "rows from the client side."
     ),
 ]
+
+
+def node_method(settings: Any) -> list[str]:
+    """Return the Method bullets of the nodes row, with the node, worker and connection counts of the run."""
+    single_case, spread_case = node_cases(settings)
+    nodes, workers = settings.nodes, settings.workers_per_node
+    connections = settings.load_connections
+    split = ", ".join(str(count) for count in split_connections(connections, nodes))
+    return [
+        (
+            "- Nodes row: a PostgreSQL server from Debian's binaries (version under Versions) runs on "
+            "127.0.0.1 in its own temporary directory as the `postgres` user, with its default settings "
+            "apart from the listen address, so fsync is on. The single node and the "
+            f"{nodes} other nodes, each a `crpe serve --listen 127.0.0.1:PORT` process, share one "
+            "database on it (`CRPE_DATABASE_URL=postgresql://postgres@127.0.0.1:PORT/crpe`) and one "
+            "`--data-dir`, so they share the token signing key and the filesystem blob store. They start "
+            "one after another, and the first creates the schema and the administrator. An image with "
+            f"one layer of {size_text(settings.small_layer_bytes)} is pushed once through the single node."
+        ),
+        (
+            f"- Workers in the nodes row: the single node runs with `CRPE_WORKERS={nodes * workers}` and each "
+            f"of the {nodes} other nodes with `CRPE_WORKERS={workers}`, so both cases run {nodes * workers} "
+            "worker processes. crpe's default of one worker per core would give the nodes together "
+            f"{nodes} times the single node's workers, and the row would measure extra processes "
+            "competing for the same cores instead of the split into nodes."
+        ),
+        (
+            f"- Load in the nodes row: {nodes} single-thread wrk processes started together, with {split} "
+            f"connections ({connections} in all, as in the manifest GET row), for "
+            f"{settings.load_warmup_seconds} s of warm-up and then {settings.load_seconds} s measured. "
+            f"For {single_case} all of them load the single node, and for {spread_case} each loads one "
+            "node. Both cases thus have the same client processes, and the rate is the sum of their "
+            "rates. Each wrk connects to its node's port and sends the instance's VPC host name in the "
+            "Host header and a bearer token from that node's token endpoint. Any non-2xx response fails "
+            "the row, and wrk's count of responses slower than its 2 s timeout is reported. Nodes not "
+            "under load stay idle. CPU time per request is the CPU time of the loaded nodes' process "
+            "trees, and of PostgreSQL's, over the measured load, divided by the summed rate times the "
+            "load time."
+        ),
+    ]

@@ -10,8 +10,10 @@ import base64
 import http.client
 import json
 import os
+import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -22,6 +24,9 @@ from pathlib import Path
 
 STOCK_DISTRIBUTION_CONFIG = Path("/etc/docker/registry/config.yml")
 DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
+POSTGRES_BINARIES = Path("/usr/lib/postgresql")
+# The system user that Debian's `postgresql` package creates, and the superuser that initdb creates here.
+POSTGRES_USER = "postgres"
 
 
 class BenchmarkError(RuntimeError):
@@ -126,6 +131,44 @@ def parse_challenge(value: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+def process_tree(root_pid: int) -> list[int]:
+    """Return `root_pid` and the pids of all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, pending = [], [root_pid]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending.extend(children.get(pid, []))
+    return tree
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """Return the CPU time, user and system, of `root_pid` and its live descendants, in seconds.
+
+    Each process adds its own time and that of the children it has waited for, so a descendant
+    that exited still counts once its parent in the tree has reaped it.
+    """
+    ticks = 0
+    for pid in process_tree(root_pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is field 3 (state) of proc(5), so utime, stime, cutime and cstime (fields 14 to 17)
+        # are at 11 to 14.
+        ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class MemorySampler:
     """Sample the resident memory of a process and all its descendants.
 
@@ -157,22 +200,7 @@ class MemorySampler:
         self._thread.join()
 
     def process_tree(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
-        tree, pending = [], [self.pid]
-        while pending:
-            pid = pending.pop()
-            tree.append(pid)
-            pending.extend(children.get(pid, []))
-        return tree
+        return process_tree(self.pid)
 
     @staticmethod
     def read_kib(path: str, field_name: str) -> int:
@@ -219,10 +247,11 @@ class Registry:
     process: subprocess.Popen | None = None
     sampler: MemorySampler | None = None
     extra_hosts: list[str] = field(default_factory=list)
+    log_name: str = "server.log"
 
     @property
     def log(self) -> Path:
-        return self.root / "server.log"
+        return self.root / self.log_name
 
     def bearer_headers(self, repository: str, actions: str = "pull") -> dict[str, str]:
         """Return the Authorization header for pulls from `repository`, if the registry needs one."""
@@ -292,16 +321,34 @@ def load_stock_distribution_config() -> dict:
 
 @dataclass
 class Crpe(Registry):
-    """crpe on its embedded default storage with one new instance and namespace `bench`."""
+    """crpe with one new instance and namespace `bench`, by default on its embedded SQLite database.
+
+    Several nodes of one deployment share `root`, and so the data directory and the CLI profile, and
+    `database_url`. Each node has its own `log_name`. The first node to start creates the schema, the
+    administrator and the CLI profile, which points at that node.
+    """
 
     crpe_binary: str = "crpe"
     domain: str = "crpe.test"
     namespace: str = "bench"
     instance_id: str = ""
+    public_host: str = ""
+    vpc_host: str = ""
+    # 0 keeps crpe's default, one worker process per CPU core.
+    workers: int = 0
+    # "" keeps crpe's default, SQLite in the data directory.
+    database_url: str = ""
+    # The memory sampler reads /proc five times a second, which costs CPU that other servers could use.
+    sample_memory: bool = True
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "XDG_CONFIG_HOME": str(self.root / "config")}
+        env = {**os.environ, "XDG_CONFIG_HOME": str(self.root / "config")}
+        if self.workers:
+            env["CRPE_WORKERS"] = str(self.workers)
+        if self.database_url:
+            env["CRPE_DATABASE_URL"] = self.database_url
+        return env
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
         command = [self.crpe_binary, *args]
@@ -324,6 +371,12 @@ class Crpe(Registry):
             ) from None
 
     def start(self) -> Crpe:
+        self.launch()
+        self.provision()
+        return self
+
+    def launch(self) -> Crpe:
+        """Start `crpe serve` on a free port and wait until /healthz returns 200."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         log = self.log.open("ab")
@@ -343,17 +396,32 @@ class Crpe(Registry):
             stderr=subprocess.STDOUT,
         )
         wait_for_http(self.port, "/healthz", f"127.0.0.1:{self.port}", self.process, self.log)
-        self.sampler = MemorySampler(self.process.pid).start()
+        if self.sample_memory:
+            self.sampler = MemorySampler(self.process.pid).start()
+        return self
 
+    def provision(self) -> None:
+        """Create an instance, the namespace and a login password through the CLI profile."""
         created = self.cli_json("instance", "create", "--region", "cn-hangzhou")
         self.instance_id = created["id"]
-        self.push_host = f"{created['endpoints']['public']}:{self.port}"
-        self.pull_host = f"{created['endpoints']['vpc']}:{self.port}"
-        self.extra_hosts = [created["endpoints"]["public"], created["endpoints"]["vpc"]]
+        self.public_host = created["endpoints"]["public"]
+        self.vpc_host = created["endpoints"]["vpc"]
+        self.push_host = f"{self.public_host}:{self.port}"
+        self.pull_host = f"{self.vpc_host}:{self.port}"
+        self.extra_hosts = [self.public_host, self.vpc_host]
         self.cli("namespace", "create", "--instance", self.instance_id, self.namespace)
         self.password = "Bench-" + os.urandom(12).hex()
         login = self.cli_json("password", "set", "--instance", self.instance_id, stdin=self.password)
         self.username = login["username"]
+
+    def join(self, first: Crpe) -> Crpe:
+        """Take the instance and login that `first` created in the shared database, served on this node's port."""
+        self.instance_id = first.instance_id
+        self.public_host, self.vpc_host = first.public_host, first.vpc_host
+        self.push_host = f"{self.public_host}:{self.port}"
+        self.pull_host = f"{self.vpc_host}:{self.port}"
+        self.extra_hosts = list(first.extra_hosts)
+        self.username, self.password = first.username, first.password
         return self
 
     def bearer_headers(self, repository: str, actions: str = "pull") -> dict[str, str]:
@@ -456,3 +524,140 @@ http {{
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+def find_postgres_bin_dir() -> Path | None:
+    """Return the bin directory of the highest PostgreSQL version that Debian installed, or None."""
+    if not POSTGRES_BINARIES.is_dir():
+        return None
+    versions = []
+    for entry in POSTGRES_BINARIES.iterdir():
+        bin_dir = entry / "bin"
+        if re.fullmatch(r"\d+(\.\d+)?", entry.name) and (bin_dir / "initdb").is_file():
+            versions.append((tuple(int(part) for part in entry.name.split(".")), bin_dir))
+    return max(versions)[1] if versions else None
+
+
+def postgres_version() -> str:
+    bin_dir = find_postgres_bin_dir()
+    if bin_dir is None:
+        return "not installed"
+    result = subprocess.run(
+        [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return (result.stdout + result.stderr).strip() or f"unknown ({bin_dir / 'postgres'} printed nothing)"
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL server from Debian's binaries on 127.0.0.1, with trust authentication.
+
+    PostgreSQL does not run as root, so as root every server command runs as the `postgres` system
+    user through setpriv. setpriv replaces itself with the server, so the server is a child of the
+    benchmark and its CPU time counts as the benchmark's own. `root` must be reachable by that
+    user, so it cannot lie inside the benchmark's private temporary directory.
+    """
+
+    root: Path
+    database: str = "crpe"
+    port: int = 0
+    bin_dir: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{POSTGRES_USER}@127.0.0.1:{self.port}/{self.database}"
+
+    def start(self) -> Postgres:
+        """Create a cluster in `root`, start the server on a free port and create `database`."""
+        self.bin_dir = find_postgres_bin_dir()
+        if self.bin_dir is None:
+            raise BenchmarkError(
+                f"PostgreSQL server binaries not found in {POSTGRES_BINARIES}/*/bin. "
+                "Install them with: apt-get install -y postgresql"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam(POSTGRES_USER)
+            except KeyError:
+                raise BenchmarkError(
+                    f"PostgreSQL does not run as root, and the system user {POSTGRES_USER!r} is missing. "
+                    "Install the Debian package postgresql, which creates it."
+                ) from None
+            shutil.chown(self.root, POSTGRES_USER, POSTGRES_USER)
+
+        initdb = [str(self.bin_dir / "initdb"), f"--username={POSTGRES_USER}", "--auth=trust", "--encoding=UTF8"]
+        self.run(self.as_postgres([*initdb, "--no-locale", "--no-sync", "-D", str(self.data_dir)]), timeout=120)
+        self.port = free_port()
+        server = [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"unix_socket_directories={self.data_dir}",
+        ]
+        log = self.log.open("ab")
+        self.process = subprocess.Popen(self.as_postgres(server), stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        self.wait_until_ready()
+        createdb = [str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", POSTGRES_USER]
+        self.run([*createdb, self.database])
+        return self
+
+    def wait_until_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        ready = [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", POSTGRES_USER]
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchmarkError(
+                    f"PostgreSQL exited with code {self.process.returncode} during start-up. "
+                    f"Last lines of {self.log}:\n{tail(self.log)}"
+                )
+            if subprocess.run(ready, capture_output=True, timeout=10, check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise BenchmarkError(
+            f"PostgreSQL on 127.0.0.1:{self.port} was not ready within {timeout:.0f} s. "
+            f"Last lines of {self.log}:\n{tail(self.log)}"
+        )
+
+    @staticmethod
+    def as_postgres(command: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return command
+        return ["setpriv", f"--reuid={POSTGRES_USER}", f"--regid={POSTGRES_USER}", "--init-groups", "--", *command]
+
+    def run(self, command: list[str], timeout: float = 60) -> None:
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, check=False, cwd=self.root
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchmarkError(f"`{' '.join(command)}` timed out after {timeout:.0f} s") from None
+        if result.returncode != 0:
+            raise BenchmarkError(
+                f"`{' '.join(command)}` exited with code {result.returncode}:\n{result.stdout}{result.stderr}"
+            )
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the server with a fast shutdown (SIGINT), which ends open sessions, then SIGKILL after `timeout`."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
