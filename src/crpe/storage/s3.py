@@ -16,6 +16,7 @@ in one request never touches `uploads/` at all: its bytes go straight to their b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -45,6 +46,19 @@ def _missing(error: ClientError) -> bool:
     return str(error.response.get("Error", {}).get("Code")) in NOT_FOUND_CODES
 
 
+@functools.cache
+def _shared_client(endpoint: str, region_name: str, access_key: str, secret_key: str, style: str):  # noqa: ANN202
+    """Return one client per endpoint and credentials: the regions of a deployment usually share them all.
+
+    A boto3 client costs tens of milliseconds and a few MiB to build, and clients are thread-safe.
+    """
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint or None, region_name=region_name,
+        aws_access_key_id=access_key or None, aws_secret_access_key=secret_key or None,
+        config=Config(signature_version="s3v4", s3={"addressing_style": style},
+                      retries={"max_attempts": 4, "mode": "standard"}, max_pool_connections=32))
+
+
 def part_size(part_number: int) -> int:
     """Return the size of multipart part `part_number` (1-based)."""
     return PART_BYTES << ((part_number - 1) // PARTS_PER_SIZE_STEP)
@@ -66,11 +80,8 @@ class S3BlobStore:
         style = self.config.addressing_style
         if style == "auto" and endpoint:
             style = "path"  # Self-hosted gateways rarely have wildcard DNS for bucket host names.
-        return boto3.session.Session().client(
-            "s3", endpoint_url=endpoint or None, region_name=self.config.region_name or "us-east-1",
-            aws_access_key_id=self.config.access_key or None, aws_secret_access_key=self.config.secret_key or None,
-            config=Config(signature_version="s3v4", s3={"addressing_style": style},
-                          retries={"max_attempts": 4, "mode": "standard"}, max_pool_connections=32))
+        return _shared_client(endpoint, self.config.region_name or "us-east-1", self.config.access_key,
+                              self.config.secret_key, style)
 
     def blob_key(self, digest: str) -> str:
         algorithm, encoded = digest.split(":", 1)
