@@ -265,7 +265,17 @@ def test_s3_missing_bucket_fails_check(rgw_server: RgwServer, tmp_path: Path) ->
         blobs.check()
 
     assert "s3://no-such-bucket/" in str(raised.value)
-    assert "Create the bucket" in str(raised.value)
+    assert "Fix: create the bucket no-such-bucket, or fix the bucket setting" in str(raised.value)
+
+
+def test_s3_wrong_secret_fails_check(rgw_server: RgwServer, bucket: str, tmp_path: Path) -> None:
+    settings = s3_settings(rgw_server, bucket)
+    blobs = open_store(tmp_path, StorageSettings(**{**settings.__dict__, "secret_key": "wrong-secret"}))
+
+    with pytest.raises(StorageError) as raised:
+        blobs.check()
+
+    assert "Fix: check access_key and secret_key" in str(raised.value)
 
 
 def test_s3_size_mismatch_is_reported(rgw_server: RgwServer, bucket: str, tmp_path: Path) -> None:

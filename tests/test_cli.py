@@ -343,3 +343,27 @@ def test_doctor_table_output(setup: Setup) -> None:
     assert lines["reference"] == reference
     assert lines["pull"] == "allowed"
     assert lines["push"] == "allowed"
+
+
+def test_gc_unreachable_database_one_line(tmp_path: Path) -> None:
+    port = free_port()  # Nothing listens here.
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+    result = run_crpe(env, "gc", "--data-dir", str(tmp_path), "--database-url",
+                      f"postgresql://crpe@127.0.0.1:{port}/crpe", "--dry-run")
+
+    assert_one_line_error(result, "crpe: error: the metadata database failed: ", f"port {port} failed",
+                          "Check database_url (CRPE_DATABASE_URL)")
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_missing_bucket_one_line(tmp_path: Path, rgw_server) -> None:  # type: ignore[no-untyped-def]
+    storage = {"type": "s3", "bucket": "absent-bucket", "endpoint": rgw_server.endpoint,
+               "access_key": rgw_server.access_key, "secret_key": rgw_server.secret_key}
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "CRPE_STORAGE": json.dumps(storage),
+           "CRPE_REGIONS": "cn-hangzhou"}
+
+    result = run_crpe(env, "serve", "--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}")
+
+    assert_one_line_error(result, "blob store s3://absent-bucket/cn-hangzhou/ at ",
+                          "Fix: create the bucket absent-bucket, or fix the bucket setting")

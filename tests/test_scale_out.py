@@ -13,7 +13,7 @@ import httpx
 import pytest
 from cluster import Cluster, start_cluster
 from registry_client import RegistryClient, error_code, error_message, image_manifest, sha256
-from server import Instance
+from server import CrpeServer, Instance
 
 MIB = 1024 * 1024
 REPOSITORY = "team/app"
@@ -138,6 +138,25 @@ def test_token_from_one_node_works_on_another(clients: list[RegistryClient]) -> 
     response = b.request("GET", f"/v2/{REPOSITORY}/tags/list", network="vpc", repository=REPOSITORY, token=token)
 
     assert response.status_code == 200
+
+
+def test_node_with_other_key_names_the_cause(cluster: Cluster, clients: list[RegistryClient],
+                                             tmp_path: Path) -> None:
+    """A node started with its own signing key rejects the others' tokens and says why."""
+    env = {**cluster.nodes[0].extra_env, "CRPE_TOKEN_KEY_FILE": str(tmp_path / "other-key.pem")}
+    stray = CrpeServer(tmp_path, extra_env=env).start()
+    stray_client = RegistryClient(stray, clients[0].instance)
+    try:
+        token = clients[0].repository_token(REPOSITORY)
+        response = stray_client.request("GET", f"/v2/{REPOSITORY}/tags/list", network="vpc", repository=REPOSITORY,
+                                        token=token)
+    finally:
+        stray_client.close()
+        stray.stop()
+
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHORIZED"
+    assert "every node of a deployment must use the same token_key_file" in error_message(response)
 
 
 def test_gc_during_pushes_on_all_nodes(cluster: Cluster, clients: list[RegistryClient]) -> None:

@@ -117,6 +117,8 @@ def test_storage_from_environment_json(tmp_path: Path) -> None:
     ("[storage]\ntype = 's3'\nbucket = 'b'\nprefix = 'shared'",
      "regions cn-hangzhou and cn-shanghai share one blob store location"),
     ("listen = ", "cannot be read: "),
+    ("[storage]\ntype = 's3'\nbucket = 'b'\nredirect = 'ture'", "storage.redirect must be true or false, not 'ture'"),
+    ("access_log = 'maybe'", "CRPE_ACCESS_LOG must be true or false, not 'maybe'"),
 ])
 def test_config_file_errors(tmp_path: Path, text: str, message: str) -> None:
     path = write_config(tmp_path, text)
@@ -125,6 +127,16 @@ def test_config_file_errors(tmp_path: Path, text: str, message: str) -> None:
         from_environment({"CRPE_REGIONS": "cn-hangzhou,cn-shanghai"}, config=str(path))
 
     assert message in str(raised.value)
+
+
+def test_region_key_typo_rejected(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "[[regions]]\nid = 'cn-hangzhou'\nvpc_network = ['10.0.0.0/8']")
+
+    with pytest.raises(SettingsError) as raised:
+        from_environment({}, config=str(path))
+
+    assert str(raised.value) == ("region 'cn-hangzhou' has an unknown key 'vpc_network'; known keys: id, name, "
+                                 "storage, vpc_networks")
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ def serve(
                                                           "SQLite in the data directory.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the registry and control plane on the embedded default (SQLite and the local filesystem)."""
+    """Run the registry and control plane: by default on SQLite and the local filesystem in the data directory."""
     from crpe import bootstrap, logs
     from crpe.settings import SettingsError, from_environment
     from crpe.storage import StorageError
@@ -132,8 +132,11 @@ def serve(
         raise CliError(str(error)) from None
     os.environ.update(settings.to_environment())
     worker_count = settings.workers or os.cpu_count() or 1
+    database = "PostgreSQL" if settings.database else "SQLite"
+    storage = ", ".join(sorted({region.storage.type for region in settings.regions}))
     typer.echo(f"crpe listening on http://{settings.listen_host}:{settings.listen_port} "
-               f"(domain {settings.domain}, {worker_count} workers, data {settings.data_dir})", err=True)
+               f"(domain {settings.domain}, {worker_count} workers, data {settings.data_dir}, "
+               f"metadata on {database}, blobs on {storage})", err=True)
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "crpe.server"])
 
@@ -576,11 +579,29 @@ def doctor(
         raise typer.Exit(2)
 
 
+def describe_backend_error(error: Exception) -> str | None:
+    """Return one line for a failure of the database or the object store, or None for any other error."""
+    module = type(error).__module__
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if module.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+        return f"the metadata database failed: {detail}. Check database_url (CRPE_DATABASE_URL) and that the " \
+               "database server is running"
+    if module.startswith(("botocore", "boto3", "s3transfer")):
+        return f"the S3 blob store failed: {detail}. Check the storage endpoint, bucket and credentials"
+    return None
+
+
 def main() -> None:
     try:
         app()
     except CliError as error:
         typer.echo(f"crpe: error: {error}", err=True)
+        sys.exit(1)
+    except Exception as error:
+        message = describe_backend_error(error)
+        if message is None:
+            raise
+        typer.echo(f"crpe: error: {message}", err=True)
         sys.exit(1)
     except profiles.ProfileError as error:
         typer.echo(f"crpe: error: {error}", err=True)

@@ -45,6 +45,9 @@ class SettingsError(ValueError):
 
 
 STORAGE_TYPES = ("filesystem", "s3")
+REGION_KEYS = {"id", "name", "vpc_networks", "storage"}
+BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                 "off": False}
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 
 
@@ -177,7 +180,7 @@ def parse_storage(value: object, setting: str, region_id: str, defaults: Storage
             raise SettingsError(f"{setting} has an unknown key {key!r}; known keys: {', '.join(fields)}")
         expected = type(getattr(StorageSettings, key))
         if expected is bool and isinstance(item, str):
-            item = item.lower() in ("1", "true", "yes")
+            item = parse_boolean(item, f"{setting}.{key}")
         if not isinstance(item, expected) or (expected is int and isinstance(item, bool)):
             kind = {str: "a string", int: "an integer", bool: "true or false"}[expected]
             raise SettingsError(f"{setting}.{key} must be {kind}, not {item!r}")
@@ -222,6 +225,12 @@ def parse_regions(value: str, vpc_networks: tuple[IPNetwork, ...], storage: dict
         items = [{"id": region_id.strip()} for region_id in value.split(",") if region_id.strip()]
     regions = []
     for item in items:
+        if not isinstance(item, dict):
+            raise SettingsError(f"CRPE_REGIONS: each region must be a table with an id, not {item!r}")
+        unknown = set(item) - REGION_KEYS
+        if unknown:
+            raise SettingsError(f"region {item.get('id', '?')!r} has an unknown key {sorted(unknown)[0]!r}; "
+                                f"known keys: {', '.join(sorted(REGION_KEYS))}")
         region_id = str(item.get("id", ""))
         if not REGION_ID_PATTERN.match(region_id):
             raise SettingsError(f"region id {region_id!r} is invalid: use lower-case words joined by "
@@ -296,12 +305,13 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
         regions=regions,
         workers=workers,
         token_ttl_seconds=token_ttl,
-        public_endpoint_pull_allowed=env.get("CRPE_PUBLIC_ENDPOINT_PULL", "false").lower() in ("1", "true", "yes"),
+        public_endpoint_pull_allowed=parse_boolean(env.get("CRPE_PUBLIC_ENDPOINT_PULL", "false"),
+                                                   "CRPE_PUBLIC_ENDPOINT_PULL"),
         trusted_proxies=parse_networks(env.get("CRPE_TRUSTED_PROXIES", ""), "CRPE_TRUSTED_PROXIES"),
         legacy_cutover=cutover,
         namespace_quota=namespace_quota,
         repository_quota=repository_quota,
-        access_log=env.get("CRPE_ACCESS_LOG", "true").lower() in ("1", "true", "yes"),
+        access_log=parse_boolean(env.get("CRPE_ACCESS_LOG", "true"), "CRPE_ACCESS_LOG"),
         database=normalize_database_url(str(overrides.get("database_url") or env.get("CRPE_DATABASE_URL") or "")),
         token_key_file=Path(env["CRPE_TOKEN_KEY_FILE"]).resolve() if env.get("CRPE_TOKEN_KEY_FILE") else None,
     )
@@ -318,6 +328,13 @@ def normalize_database_url(url: str) -> str:
         return url
     raise SettingsError(f"database URL {url.split('://')[0]}://... is not supported; use "
                         "postgresql://user:password@host:port/database or sqlite:///path")
+
+
+def parse_boolean(value: str, setting: str) -> bool:
+    try:
+        return BOOLEAN_WORDS[value.strip().lower()]
+    except KeyError:
+        raise SettingsError(f"{setting} must be true or false, not {value!r}") from None
 
 
 def _integer(value: object, setting: str, minimum: int) -> int:

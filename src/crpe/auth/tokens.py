@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import secrets
 import time
@@ -20,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from crpe.auth.scopes import Scope
+
+log = logging.getLogger("crpe.auth.tokens")
 
 ISSUER = "crpe"
 _ALGORITHM = "ES256"
@@ -102,6 +105,7 @@ class TokenService:
         self.ttl_seconds = ttl_seconds
         self.refresh_ttl_seconds = refresh_ttl_seconds
         self._verified: dict[str, AccessClaims] = {}
+        self._foreign_key_ids: set[str] = set()
 
     def issue_access(self, subject: str, account_id: str, sub_user_id: str, instance_id: str, audience: str,
                      access: list[Scope]) -> tuple[str, int]:
@@ -156,8 +160,24 @@ class TokenService:
             raise InvalidToken("the token has expired; request a new one") from None
         except jwt.InvalidAudienceError:
             raise InvalidToken("the token was issued for another registry endpoint") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken(self._signature_problem(token)) from None
         except jwt.PyJWTError as error:
             raise InvalidToken(f"the token is invalid: {error}") from None
+
+    def _signature_problem(self, token: str) -> str:
+        try:
+            key_id = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            key_id = None
+        if key_id and key_id != self.key_id:
+            if len(self._foreign_key_ids) < 100 and key_id not in self._foreign_key_ids:
+                self._foreign_key_ids.add(key_id)  # Logged once per key, not once per request.
+                log.warning("token signed by another key", extra={"auth.token.kid": str(key_id)[:64],
+                                                                   "auth.key.id": self.key_id})
+            return (f"the token was signed with key {str(key_id)[:64]}, but this server verifies with key "
+                    f"{self.key_id}; every node of a deployment must use the same token_key_file")
+        return "the token's signature is invalid; request a new token"
 
     def verify_access(self, token: str, audience: str) -> AccessClaims:
         cached = self._verified.get(token)

@@ -205,9 +205,18 @@ class S3BlobStore:
     def check(self) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except (ClientError, BotoCoreError) as error:
-            raise StorageError(f"blob store {self.describe()} is not usable: {error}. Create the bucket, "
-                               "check the endpoint and the credentials, then start crpe again") from None
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code"))
+            if code in NOT_FOUND_CODES or code == "NoSuchBucket":
+                advice = f"create the bucket {self.bucket}, or fix the bucket setting"
+            elif code in ("403", "Forbidden", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
+                advice = "check access_key and secret_key, and that this user may use the bucket"
+            else:
+                advice = "check the endpoint, the bucket and the credentials"
+            raise StorageError(f"blob store {self.describe()} is not usable: {error}. Fix: {advice}") from None
+        except BotoCoreError as error:
+            raise StorageError(f"blob store {self.describe()} is not reachable: {error}. Fix: check the endpoint "
+                               "URL and that the object store is running") from None
 
 
 class S3Upload:
