@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real clients for the end-to-end tests (skopeo, podman, docker, containerd), and the tools that build
-# the test image from Debian's packages (mmdebstrap, umoci).
-DEBIAN_PACKAGES=(skopeo podman umoci mmdebstrap docker.io containerd postgresql curl ca-certificates)
+# the test image from Debian's packages (mmdebstrap, umoci). The tests also start their own PostgreSQL
+# server (postgresql) and a single-node Ceph cluster with RADOS Gateway as S3 storage (radosgw,
+# ceph-mon, ceph-osd).
+DEBIAN_PACKAGES=(skopeo podman umoci mmdebstrap docker.io containerd postgresql curl ca-certificates
+  radosgw ceph-mon ceph-osd)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
