@@ -25,13 +25,19 @@ RENEW_AFTER_SECONDS = 15
 
 @cache
 def node_id() -> str:
-    """Return an id of this machine's current boot, shared by every crpe process on it."""
+    """Return an id shared by the crpe processes of this boot that see each other's process ids.
+
+    The PID namespace is part of it: containers on one host share the boot id, but a process id of one
+    container means nothing in another.
+    """
     try:
         with open("/proc/sys/kernel/random/boot_id") as file:
             boot = file.read().strip()
+        pid_namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        boot = uuid.uuid4().hex  # Without a boot id, dead local holders are only recognized by expiry.
-    return f"{socket.gethostname()[:40]}:{boot[:36]}"
+        # Without these, dead local holders are recognized only when their lease expires.
+        boot, pid_namespace = uuid.uuid4().hex, 0
+    return f"{socket.gethostname()[:40]}:{boot[:36]}:{pid_namespace}"
 
 
 def new_owner() -> str:
