@@ -285,7 +285,7 @@ def test_s3_size_mismatch_is_reported(rgw_server: RgwServer, bucket: str, tmp_pa
     with pytest.raises(StorageError) as raised:
         blobs.open_upload("u-mismatch", size + 1, state)
 
-    assert f"holds {size} bytes but its record says {size + 1}" in str(raised.value)
+    assert f"contains {size} bytes but its database record has {size + 1}" in str(raised.value)
 
 
 def test_list_blobs_reports_placed(blobs: BlobStore) -> None:

@@ -142,7 +142,7 @@ def test_token_from_one_node_works_on_another(clients: list[RegistryClient]) -> 
 
 def test_node_with_other_key_names_the_cause(cluster: Cluster, clients: list[RegistryClient],
                                              tmp_path: Path) -> None:
-    """A node started with its own signing key rejects the others' tokens and says why."""
+    """A node started with its own signing key rejects the others' tokens with a 401 that names the cause."""
     env = {**cluster.nodes[0].extra_env, "CRPE_TOKEN_KEY_FILE": str(tmp_path / "other-key.pem")}
     stray = CrpeServer(tmp_path, extra_env=env).start()
     stray_client = RegistryClient(stray, clients[0].instance)

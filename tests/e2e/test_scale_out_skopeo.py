@@ -1,6 +1,6 @@
 """skopeo against three crpe nodes on PostgreSQL and Ceph RGW: push through one node, pull through the others.
 
-The nodes answer blob GETs with 307 redirects to presigned RGW URLs, so the pulls also prove that skopeo
+The nodes respond to blob GETs with 307 redirects to presigned RGW URLs, so the pulls also prove that skopeo
 follows them and gets the same bytes.
 """
 

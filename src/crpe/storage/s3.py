@@ -125,20 +125,20 @@ class S3BlobStore:
         prefix = self.upload_prefix(upload_id)
         for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Uploads", []):
-                self._abort(item["Key"], item["UploadId"])
+                self.abort_multipart(item["Key"], item["UploadId"])
         keys = [item["Key"]
                 for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
                 for item in page.get("Contents", [])]
-        self._delete_keys(keys)
+        self.delete_keys(keys)
 
-    def _abort(self, key: str, multipart_id: str) -> None:
+    def abort_multipart(self, key: str, multipart_id: str) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=multipart_id)
         except ClientError as error:
             if not _missing(error):
                 raise
 
-    def _delete_keys(self, keys: list[str]) -> None:
+    def delete_keys(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys.
             batch = [{"Key": key} for key in keys[start:start + 1000]]
             if batch:
@@ -239,8 +239,8 @@ class S3Upload:
             self.buffer += self.client.get_object(Bucket=store.bucket, Key=self.tail)["Body"].read()
         in_parts = sum(part[2] for part in self.parts)
         if in_parts + len(self.buffer) != size:
-            raise StorageError(f"upload {upload_id} in {store.describe()} holds {in_parts + len(self.buffer)} "
-                               f"bytes but its record says {size}; cancel it and push the blob again")
+            raise StorageError(f"upload {upload_id} in {store.describe()} contains {in_parts + len(self.buffer)} "
+                               f"bytes but its database record has {size}; cancel it and push the blob again")
 
     @property
     def data_key(self) -> str:
@@ -320,6 +320,6 @@ class S3Upload:
 
     def discard(self) -> None:
         if self.multipart:
-            self.store._abort(self.data_key, self.multipart)
+            self.store.abort_multipart(self.data_key, self.multipart)
         keys = [key for key in (self.tail, self.replaced_tail, self.sealed_key) if key]
-        self.store._delete_keys(keys)
+        self.store.delete_keys(keys)
