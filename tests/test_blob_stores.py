@@ -199,6 +199,7 @@ def test_trash_restore_and_purge(blobs: BlobStore) -> None:
     writer.discard()
 
     trash = blobs.trash_blob(digest)
+    leftovers = list(blobs.trash_leftovers())
     gone = blobs.blob_exists(digest)
     blobs.restore_blob(trash, digest)
     restored = read_all(blobs, digest, 0, len(data) - 1)
@@ -206,6 +207,7 @@ def test_trash_restore_and_purge(blobs: BlobStore) -> None:
     blobs.purge_trash(second_trash)
 
     assert trash is not None
+    assert [(handle, digest_in_trash) for handle, digest_in_trash, _ in leftovers] == [(trash, digest)]
     assert gone is False
     assert restored == data
     assert blobs.blob_exists(digest) is False

@@ -12,6 +12,10 @@ import pytest
 from registry_client import RegistryClient, image_manifest, sha256
 from server import CrpeServer
 
+from crpe import gc
+from crpe.metadata.store import MetadataStore
+from crpe.storage import FilesystemBlobStore
+
 
 @pytest.fixture
 def gc_server(make_server) -> CrpeServer:  # type: ignore[no-untyped-def]
@@ -209,3 +213,33 @@ def test_gc_during_pushes_loses_nothing(gc_server: CrpeServer, registry: Registr
     assert pushed, "no push succeeded while collections ran"
     for tag in pushed:
         assert pulls_back(registry, "team/race", tag), tag
+
+
+def test_interrupted_collection_trash_settled(gc_server: CrpeServer, registry: RegistryClient) -> None:
+    """A collector that died after moving blobs to the trash: the next one restores recorded ones."""
+    manifest = registry.push_image("team/kept", "v1", "trashed by a dead collector")
+    layer = json.loads(manifest)["layers"][0]["digest"]
+    data = gc_server.root / "data"
+    blobs = FilesystemBlobStore(data / "storage" / "cn-hangzhou")
+    unrecorded = os.urandom(512)
+    unrecorded_path = blobs.blob_path(sha256(unrecorded))
+    unrecorded_path.parent.mkdir(parents=True, exist_ok=True)
+    unrecorded_path.write_bytes(unrecorded)
+    recorded_trash = blobs.trash_blob(layer)
+    unrecorded_trash = blobs.trash_blob(sha256(unrecorded))
+    missing_before = blob_status(registry, "team/kept", layer)
+    time.sleep(1.1)  # Timestamps are whole seconds: even an age of 0 keeps what was trashed this second.
+
+    store = MetadataStore(f"sqlite:///{data / 'crpe.sqlite3'}")
+    try:
+        report = gc.collect(store, {"cn-hangzhou": blobs}, grace_seconds=3600, dry_run=False, trash_age_seconds=0)
+    finally:
+        store.close()
+
+    assert missing_before == 200  # The row still says present; the bytes were in the trash.
+    assert report.blobs == 0
+    assert os.path.exists(recorded_trash) is False
+    assert os.path.exists(unrecorded_trash) is False
+    assert list(blobs.trash_leftovers()) == []
+    assert unrecorded_path.exists() is False
+    assert pulls_back(registry, "team/kept", "v1")

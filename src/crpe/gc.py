@@ -18,6 +18,8 @@ from crpe.storage import BlobStore
 log = logging.getLogger("crpe.gc")
 
 DEFAULT_GRACE_SECONDS = 24 * 3600
+# A trashed blob older than this was left by a collector that died between moving it and checking it.
+TRASH_LEFTOVER_SECONDS = 600
 
 
 @dataclass
@@ -37,7 +39,8 @@ class Report:
 
 
 def collect(store: MetadataStore, blob_stores: dict[str, BlobStore], grace_seconds: int,
-            dry_run: bool, delete_untagged: bool = False) -> Report:
+            dry_run: bool, delete_untagged: bool = False, trash_age_seconds: int = TRASH_LEFTOVER_SECONDS
+            ) -> Report:
     report = Report(dry_run)
     cutoff = now() - grace_seconds
     _collect_uploads(store, blob_stores, cutoff, dry_run, report)
@@ -60,6 +63,8 @@ def collect(store: MetadataStore, blob_stores: dict[str, BlobStore], grace_secon
             report.blob_bytes += size
     for region, blobs in blob_stores.items():
         _collect_unrecorded_blobs(store, blobs, region, cutoff, dry_run, report)
+        if not dry_run:
+            _settle_trash_leftovers(store, blobs, region, now() - trash_age_seconds)
     log.info("garbage collection finished", extra={f"gc.{key}": value for key, value in report.view().items()})
     return report
 
@@ -86,6 +91,19 @@ def _collect_unrecorded_blobs(store: MetadataStore, blobs: BlobStore, region: st
         if dry_run or _remove_blob(store, blobs, region, digest):
             report.blobs += 1
             report.blob_bytes += size
+
+
+def _settle_trash_leftovers(store: MetadataStore, blobs: BlobStore, region: str, cutoff: int) -> None:
+    """Finish what a dead collector left in the trash: restore recorded blobs, delete the rest."""
+    for trash, digest, trashed in list(blobs.trash_leftovers()):
+        if trashed >= cutoff:
+            continue  # Possibly a collector still at work.
+        if store.blob_recorded(region, digest):
+            blobs.restore_blob(trash, digest)
+            log.warning("restored a blob that an interrupted collection left in the trash",
+                        extra={"blob.digest": digest, "region": region})
+        else:
+            blobs.purge_trash(trash)
 
 
 def _collect_uploads(store: MetadataStore, blob_stores: dict[str, BlobStore], cutoff: int,

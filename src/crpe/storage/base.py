@@ -65,6 +65,9 @@ class BlobStore(Protocol):
     def purge_trash(self, trash: str) -> None:
         """Delete a trashed blob for good."""
 
+    def trash_leftovers(self) -> Iterator[tuple[str, str, float]]:
+        """List trashed blobs as (trash handle, digest, Unix seconds when trashed)."""
+
     def list_blobs(self) -> Iterator[tuple[str, float, int]]:
         """List every stored blob as (digest, last change in Unix seconds, bytes)."""
 
@@ -80,3 +83,8 @@ class BlobStore(Protocol):
 
 class StorageError(RuntimeError):
     """A blob store is misconfigured or unreachable; the message names the store and the fix."""
+
+
+def trash_digest(name: str) -> str:
+    """Return the digest of a trash entry named `<algorithm>-<hex>.<pid>.<random>`."""
+    return name.split(".", 1)[0].replace("-", ":", 1)

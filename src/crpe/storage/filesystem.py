@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio
 
-from crpe.storage.base import StorageError
+from crpe.storage.base import StorageError, trash_digest
 
 # Reads of a blob range are sent in pieces of this size, so memory stays flat for any blob.
 READ_CHUNK_BYTES = 1024 * 1024
@@ -70,6 +70,14 @@ class FilesystemBlobStore:
 
     def purge_trash(self, trash: str) -> None:
         Path(trash).unlink(missing_ok=True)
+
+    def trash_leftovers(self) -> Iterator[tuple[str, str, float]]:
+        for entry in os.scandir(self.root / "trash"):
+            try:
+                trashed = entry.stat().st_ctime  # The rename into trash/ sets ctime, not mtime.
+            except FileNotFoundError:
+                continue
+            yield entry.path, trash_digest(entry.name), trashed
 
     def list_blobs(self) -> Iterator[tuple[str, float, int]]:
         for algorithm in os.scandir(self.root / "blobs"):

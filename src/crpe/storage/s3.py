@@ -29,7 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crpe.settings import StorageSettings
-from crpe.storage.base import StorageError
+from crpe.storage.base import StorageError, trash_digest
 
 # Multipart part size; S3 allows at most 10,000 parts, so the size doubles every 1,000 parts and a single
 # upload can reach far beyond any image layer.
@@ -201,6 +201,12 @@ class S3BlobStore:
 
     def purge_trash(self, trash: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=trash)
+
+    def trash_leftovers(self) -> Iterator[tuple[str, str, float]]:
+        prefix = f"{self.prefix}trash/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"], trash_digest(item["Key"][len(prefix):]), item["LastModified"].timestamp()
 
     def check(self) -> None:
         try:
