@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from crpe import policy
 from crpe.policy import Action, Outcome, Request, decide, is_harbor_client
 
 PUBLIC_HOST = "crpi-abcd1234efgh.cn-hangzhou.personal.cr.crpe.test"
@@ -175,3 +176,15 @@ def test_case_ids_unique() -> None:
 )
 def test_is_harbor_client(user_agent: str, expected: bool) -> None:
     assert is_harbor_client(user_agent) is expected
+
+
+def test_network_and_client_rules_alone() -> None:
+    outside = policy.decide_network_and_client(True, False, False, False, "pub.test", "vpc.test")
+    harbor = policy.decide_network_and_client(False, False, True, False, "pub.test", "vpc.test")
+    harbor_legacy = policy.decide_network_and_client(False, False, True, True, "pub.test", "vpc.test")
+    inside = policy.decide_network_and_client(True, True, False, False, "pub.test", "vpc.test")
+
+    assert outside == policy.Decision(policy.Outcome.DENY, policy.outside_vpc_reason("pub.test", "vpc.test"))
+    assert harbor == policy.Decision(policy.Outcome.DENY, policy.HARBOR_DENIED)
+    assert harbor_legacy == policy.ALLOW
+    assert inside == policy.ALLOW

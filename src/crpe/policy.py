@@ -78,12 +78,22 @@ def outside_vpc_reason(public_host: str, vpc_host: str) -> str:
             f"use the public endpoint {public_host}")
 
 
+def decide_network_and_client(vpc_endpoint: bool, from_vpc_network: bool, harbor_client: bool,
+                               legacy_instance: bool, public_host: str, vpc_host: str) -> Decision:
+    """Apply the rules that hold for every request, whatever it asks for and whoever sends it."""
+    if vpc_endpoint and not from_vpc_network:
+        return Decision(Outcome.DENY, outside_vpc_reason(public_host, vpc_host))
+    if harbor_client and not legacy_instance:
+        return Decision(Outcome.DENY, HARBOR_DENIED)
+    return ALLOW
+
+
 def decide(request: Request, public_host: str, vpc_host: str) -> Decision:
     """Apply the endpoint rules to `request`; the hosts name the endpoints to suggest in messages."""
-    if request.vpc_endpoint and not request.from_vpc_network:
-        return Decision(Outcome.DENY, outside_vpc_reason(public_host, vpc_host))
-    if request.harbor_client and not request.legacy_instance:
-        return Decision(Outcome.DENY, HARBOR_DENIED)
+    first = decide_network_and_client(request.vpc_endpoint, request.from_vpc_network, request.harbor_client,
+                                      request.legacy_instance, public_host, vpc_host)
+    if not first.allowed:
+        return first
     if not request.authenticated:
         if request.action is Action.PULL and request.legacy_instance and request.repository_public:
             return ALLOW

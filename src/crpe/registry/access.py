@@ -210,10 +210,11 @@ def authorize(call: Call, instance: Instance, name: str, action: policy.Action,
 
 def check_network_and_client(call: Call, legacy: bool) -> None:
     """Apply the rules that hold before any credential: VPC host names and Harbor clients."""
-    if call.endpoint.is_vpc and not call.from_vpc:
-        raise Denied(policy.outside_vpc_reason(call.public_host, call.vpc_host))
-    if policy.is_harbor_client(call.request.headers.get("user-agent", "")) and not legacy:
-        raise Denied(policy.HARBOR_DENIED)
+    decision = policy.decide_network_and_client(
+        call.endpoint.is_vpc, call.from_vpc, policy.is_harbor_client(call.request.headers.get("user-agent", "")),
+        legacy, call.public_host, call.vpc_host)
+    if not decision.allowed:
+        raise Denied(decision.reason)
 
 
 def require_authenticated(call: Call, instance: Instance) -> None:
