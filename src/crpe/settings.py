@@ -6,7 +6,7 @@ import datetime
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from crpe.endpoints import REGION_ID_PATTERN
@@ -53,7 +53,7 @@ ADDRESSING_STYLES = ("auto", "path", "virtual")
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """Where one region keeps its blobs: a local directory, or a bucket of S3-compatible object storage."""
+    """The blob store of one region: a local directory, or a bucket of S3-compatible object storage."""
 
     type: str = "filesystem"
     # filesystem: the directory; empty means <data_dir>/storage/<region>.
@@ -66,7 +66,7 @@ class StorageSettings:
     access_key: str = ""
     secret_key: str = ""
     addressing_style: str = "auto"
-    # Answer blob GETs with a 307 redirect to a presigned URL instead of streaming the bytes through crpe.
+    # Respond to blob GETs with a 307 redirect to a presigned URL instead of streaming the bytes through crpe.
     redirect: bool = False
     redirect_endpoint: str = ""
     redirect_seconds: int = 1200
@@ -206,7 +206,7 @@ def parse_storage(value: object, setting: str, region_id: str, defaults: Storage
     prefix = prefix.replace("{region}", region_id)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    return StorageSettings(**{**storage.__dict__, "prefix": prefix})
+    return replace(storage, prefix=prefix)
 
 
 def parse_regions(value: str, vpc_networks: tuple[IPNetwork, ...], storage: dict[str, object]

@@ -14,7 +14,7 @@ import time
 import uuid
 from functools import cache
 
-from crpe.errors import BlobUploadUnknown, RangeInvalid
+from crpe.errors import RangeInvalid
 from crpe.metadata.store import MetadataStore, Upload
 
 LEASE_SECONDS = 60
@@ -51,7 +51,7 @@ def holder_is_dead(owner: str) -> bool:
         return False
     try:
         with open(f"/proc/{int(parts[1])}/stat") as file:
-            # The state follows the parenthesized command name; a zombie (Z) or dead (X) process holds nothing.
+            # The state follows the parenthesized command name. A zombie (Z) or dead (X) process writes nothing.
             state = file.read().rpartition(")")[2].split()[0]
     except FileNotFoundError:
         return True
@@ -70,16 +70,15 @@ class Lease:
         self.renewed_at = time.monotonic()
 
     @classmethod
-    def claim(cls, store: MetadataStore, upload_id: str, repository_id: int) -> tuple[Lease, Upload]:
-        """Take the upload's lease; raise BLOB_UPLOAD_UNKNOWN if there is no upload, 416 if another writes it."""
+    def claim(cls, store: MetadataStore, upload_id: str, repository_id: int) -> tuple[Lease, Upload] | None:
+        """Take the upload's lease; return None if there is no such upload, raise 416 if another request writes it."""
         owner = new_owner()
         upload, claimed = store.claim_upload(upload_id, repository_id, owner, expiry())
         if upload is not None and not claimed and upload.lease_owner and holder_is_dead(upload.lease_owner):
             upload, claimed = store.claim_upload(upload_id, repository_id, owner, expiry(),
                                                  replacing=upload.lease_owner)
         if upload is None:
-            raise BlobUploadUnknown(f"upload {upload_id!r} is not in progress; start a new one with POST",
-                                    detail={"upload": upload_id})
+            return None
         if not claimed:
             raise RangeInvalid("another request is writing to this upload; send chunks one at a time")
         return cls(store, upload_id, owner), upload

@@ -115,10 +115,10 @@ def _find_upload(call: Call, name: str, upload_id: str) -> tuple[Instance, Uploa
 
 def _claim_upload(call: Call, name: str, upload_id: str) -> tuple[Instance, Repository, Upload, Lease]:
     instance, repository = _authorize_upload(call, name, upload_id)
-    try:
-        lease, upload = Lease.claim(call.services.store, upload_id, repository.id)
-    except BlobUploadUnknown:
-        raise _unknown_upload(name, upload_id) from None
+    claimed = Lease.claim(call.services.store, upload_id, repository.id)
+    if claimed is None:
+        raise _unknown_upload(name, upload_id)
+    lease, upload = claimed
     return instance, repository, upload, lease
 
 

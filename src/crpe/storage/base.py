@@ -1,4 +1,4 @@
-"""What the registry needs from a blob store, whichever backend holds the bytes.
+"""What the registry needs from a blob store, whichever backend stores the bytes.
 
 An upload session's bytes are written through an `UploadWriter`. The writer's `commit` returns an opaque
 store state, which the metadata database keeps beside the upload's size and SHA-256 state. A later request
@@ -7,6 +7,7 @@ on any node reopens the upload from that state, so no upload lives in one proces
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Protocol
 
@@ -42,7 +43,7 @@ class BlobStore(Protocol):
     """Content-addressed blobs and in-progress uploads of one region."""
 
     def open_upload(self, upload_id: str, size: int, state: bytes | None) -> UploadWriter:
-        """Reopen upload `upload_id`, which holds `size` committed bytes, from its saved store state."""
+        """Reopen upload `upload_id`, which contains `size` committed bytes, from its saved store state."""
 
     def blob_exists(self, digest: str) -> bool:
         """Return whether the bytes of blob `digest` are in the store."""
@@ -75,7 +76,7 @@ class BlobStore(Protocol):
         """List upload data in the store as (upload id, last change in Unix seconds, bytes)."""
 
     def delete_upload_data(self, upload_id: str) -> None:
-        """Delete every piece of upload `upload_id` that the store holds, whether or not its state is known."""
+        """Delete every piece of upload `upload_id` in the store, whether or not its state is known."""
 
     def check(self) -> None:
         """Raise `StorageError` with a message naming the fix when the store cannot be used."""
@@ -83,6 +84,11 @@ class BlobStore(Protocol):
 
 class StorageError(RuntimeError):
     """A blob store is misconfigured or unreachable; the message names the store and the fix."""
+
+
+def trash_name(digest: str) -> str:
+    """Return a new, unique trash entry name for blob `digest`: `<algorithm>-<hex>.<pid>.<random>`."""
+    return f"{digest.replace(':', '-')}.{os.getpid()}.{os.urandom(4).hex()}"
 
 
 def trash_digest(name: str) -> str:

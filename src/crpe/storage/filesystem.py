@@ -5,7 +5,7 @@ Layout under a region's root, computed by `FilesystemBlobStore.blob_path`:
     <root>/
       blobs/<algorithm>/<first two hex characters>/<hex>   content, immutable once renamed into place
       uploads/<upload id>                                  bytes received so far for one upload session
-      trash/<random>                                       blobs garbage collection is about to delete
+      trash/<algorithm>-<hex>.<pid>.<random>               blobs garbage collection is about to delete
 
 A blob file appears under `blobs/` only as a hard link to an upload file whose bytes are fsynced and whose
 digest is verified, so a crash leaves at most an orphaned upload file, never a partial blob.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio
 
-from crpe.storage.base import StorageError, trash_digest
+from crpe.storage.base import StorageError, trash_digest, trash_name
 
 # Reads of a blob range are sent in pieces of this size, so memory stays flat for any blob.
 READ_CHUNK_BYTES = 1024 * 1024
@@ -53,7 +53,7 @@ class FilesystemBlobStore:
         return None
 
     def trash_blob(self, digest: str) -> str | None:
-        trash = self.root / "trash" / f"{digest.replace(':', '-')}.{os.getpid()}.{os.urandom(4).hex()}"
+        trash = self.root / "trash" / trash_name(digest)
         try:
             os.rename(self.blob_path(digest), trash)
         except FileNotFoundError:

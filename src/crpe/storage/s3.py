@@ -5,7 +5,7 @@ Object layout under the configured bucket and prefix:
     <prefix>blobs/<algorithm>/<first two hex characters>/<hex>   content, written only after its digest matched
     <prefix>uploads/<upload id>/tail-<offset>-<length>           committed bytes not yet in a multipart part
     <prefix>uploads/<upload id>/data                             the multipart upload's target, once sealed
-    <prefix>trash/<digest>.<random>                              blobs garbage collection is about to delete
+    <prefix>trash/<algorithm>-<hex>.<pid>.<random>               blobs garbage collection is about to delete
 
 An upload streams into one S3 multipart upload in parts of `PART_BYTES`. Each request ends with fewer bytes
 than a part left over, and S3 rejects parts under 5 MiB unless they are the last. Those bytes go to a tail
@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -29,7 +28,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crpe.settings import StorageSettings
-from crpe.storage.base import StorageError, trash_digest
+from crpe.storage.base import StorageError, trash_digest, trash_name
 
 # Multipart part size; S3 allows at most 10,000 parts, so the size doubles every 1,000 parts and a single
 # upload can reach far beyond any image layer.
@@ -184,7 +183,7 @@ class S3BlobStore:
 
     def trash_blob(self, digest: str) -> str | None:
         # S3 has no rename: copy, then delete. A push that finds the blob missing in between places it again.
-        trash = f"{self.prefix}trash/{digest.replace(':', '-')}.{os.getpid()}.{os.urandom(4).hex()}"
+        trash = f"{self.prefix}trash/{trash_name(digest)}"
         try:
             self.copy(self.blob_key(digest), trash)
         except ClientError as error:
@@ -316,9 +315,9 @@ class S3Upload:
         return f"{algorithm}:{hasher.hexdigest()}"
 
     def place(self, digest: str) -> None:
-        target = self.store.blob_key(digest)
-        if self.store.object_size(target) is not None:
+        if self.store.blob_exists(digest):
             return
+        target = self.store.blob_key(digest)
         if self.content is not None:
             self.client.put_object(Bucket=self.store.bucket, Key=target, Body=self.content)
         else:
