@@ -424,9 +424,9 @@ BOUNDS = [
         "which `strace -c` on a worker shows as 128 KiB `read` calls followed by `writev` (about 2,050 reads "
         "and 1,220 writevs for 256 MiB), not `sendfile(2)`. Every byte is copied through user space once, "
         "which nginx avoids. ASGI gives an application no socket to call `sendfile` on, so this bound is "
-        "Granian's. The share depends on the CPU: with the same code crpe reached 87% of nginx on an AMD EPYC "
-        "machine (2026-12-04) and 70 to 81% on an Intel Xeon machine (2026-12-05), where distribution reached "
-        "nginx's rate."
+        "Granian's. The share depends on the CPU. With the same code, crpe reached 87% of nginx on an AMD EPYC "
+        "machine (2026-12-04). On an Intel Xeon machine (2026-12-05) it reached 70 to 81%, and distribution "
+        "reached nginx's rate."
     ),
     (
         "- skopeo pull: both registries take about as long as skopeo's own copy between two local layouts "

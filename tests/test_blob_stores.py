@@ -75,6 +75,17 @@ def push_in_requests(blobs: BlobStore, upload_id: str, chunks: list[bytes]) -> t
     return size, state
 
 
+def store_blob(blobs: BlobStore, upload_id: str, data: bytes) -> str:
+    """Push `data` in one request, as a monolithic upload does, and return its digest."""
+    digest = digest_of(data)
+    writer = blobs.open_upload(upload_id, 0, None)
+    writer.write(data)
+    writer.seal()
+    writer.place(digest)
+    writer.discard()
+    return digest
+
+
 def leftover_ids(blobs: BlobStore) -> set[str]:
     return {upload_id for upload_id, _, _ in blobs.upload_leftovers()}
 
@@ -191,16 +202,11 @@ def test_leftovers_report_size_and_time(blobs: BlobStore) -> None:
 
 def test_trash_restore_and_purge(blobs: BlobStore) -> None:
     data = data_of(2 * MIB, b"trash")
-    digest = digest_of(data)
-    writer = blobs.open_upload("u-trash", 0, None)
-    writer.write(data)
-    writer.seal()
-    writer.place(digest)
-    writer.discard()
+    digest = store_blob(blobs, "u-trash", data)
 
     trash = blobs.trash_blob(digest)
     leftovers = list(blobs.trash_leftovers())
-    gone = blobs.blob_exists(digest)
+    exists_while_trashed = blobs.blob_exists(digest)
     blobs.restore_blob(trash, digest)
     restored = read_all(blobs, digest, 0, len(data) - 1)
     second_trash = blobs.trash_blob(digest)
@@ -208,7 +214,7 @@ def test_trash_restore_and_purge(blobs: BlobStore) -> None:
 
     assert trash is not None
     assert [(handle, digest_in_trash) for handle, digest_in_trash, _ in leftovers] == [(trash, digest)]
-    assert gone is False
+    assert exists_while_trashed is False
     assert restored == data
     assert blobs.blob_exists(digest) is False
     assert blobs.trash_blob(digest) is None
@@ -231,10 +237,7 @@ def test_empty_blob(blobs: BlobStore) -> None:
 def test_filesystem_sends_local_file(tmp_path: Path) -> None:
     blobs = open_store(tmp_path, StorageSettings())
     data = b"local"
-    writer = blobs.open_upload("u-local", 0, None)
-    writer.write(data)
-    writer.seal()
-    writer.place(digest_of(data))
+    store_blob(blobs, "u-local", data)
 
     assert Path(blobs.local_path(digest_of(data))).read_bytes() == data
     assert blobs.redirect_url(digest_of(data)) is None
@@ -243,11 +246,7 @@ def test_filesystem_sends_local_file(tmp_path: Path) -> None:
 def test_s3_redirect_url_serves_blob(rgw_server: RgwServer, bucket: str, tmp_path: Path) -> None:
     blobs = open_store(tmp_path, s3_settings(rgw_server, bucket, redirect=True, redirect_seconds=60))
     data = data_of(MIB, b"presigned")
-    digest = digest_of(data)
-    writer = blobs.open_upload("u-presigned", 0, None)
-    writer.write(data)
-    writer.seal()
-    writer.place(digest)
+    digest = store_blob(blobs, "u-presigned", data)
 
     url = blobs.redirect_url(digest)
     with urllib.request.urlopen(url, timeout=30) as response:
@@ -291,12 +290,7 @@ def test_s3_size_mismatch_is_reported(rgw_server: RgwServer, bucket: str, tmp_pa
 
 
 def test_list_blobs_reports_placed(blobs: BlobStore) -> None:
-    data = data_of(4321, b"listed blob")
-    digest = digest_of(data)
-    writer = blobs.open_upload("u-list", 0, None)
-    writer.write(data)
-    writer.seal()
-    writer.place(digest)
+    digest = store_blob(blobs, "u-list", data_of(4321, b"listed blob"))
 
     listed = {found: (changed, size) for found, changed, size in blobs.list_blobs()}
 

@@ -227,7 +227,7 @@ def test_interrupted_collection_trash_settled(gc_server: CrpeServer, registry: R
     unrecorded_path.write_bytes(unrecorded)
     recorded_trash = blobs.trash_blob(layer)
     unrecorded_trash = blobs.trash_blob(sha256(unrecorded))
-    missing_before = blob_status(registry, "team/kept", layer)
+    head_before = blob_status(registry, "team/kept", layer)
     time.sleep(1.1)  # Timestamps are whole seconds: even an age of 0 keeps what was trashed this second.
 
     store = MetadataStore(f"sqlite:///{data / 'crpe.sqlite3'}")
@@ -236,7 +236,7 @@ def test_interrupted_collection_trash_settled(gc_server: CrpeServer, registry: R
     finally:
         store.close()
 
-    assert missing_before == 200  # The row still says present; the bytes were in the trash.
+    assert head_before == 200  # HEAD reads only the database row, which still records the trashed blob.
     assert report.blobs == 0
     assert os.path.exists(recorded_trash) is False
     assert os.path.exists(unrecorded_trash) is False

@@ -749,11 +749,11 @@ def test_claim_upload_takes_expired_lease(store: MetadataStore, repository: Repo
     upload = store.create_upload(repository.id, REGION, "node/1/a", int(time.time()) - 1)
 
     renewed = store.renew_upload_lease(upload.id, "node/1/a", int(time.time()) - 1)
-    taken = store.claim_upload(upload.id, repository.id, "node/2/b", int(time.time()) + 60)
+    claimed_after_expiry = store.claim_upload(upload.id, repository.id, "node/2/b", int(time.time()) + 60)
     stale_renewal = store.renew_upload_lease(upload.id, "node/1/a", int(time.time()) + 60)
 
     assert renewed is True
-    assert taken == (replace(upload, lease_owner="node/2/b"), True)
+    assert claimed_after_expiry == (replace(upload, lease_owner="node/2/b"), True)
     assert stale_renewal is False
 
 
@@ -761,11 +761,11 @@ def test_release_upload_only_by_owner(store: MetadataStore, repository: Reposito
     upload = store.create_upload(repository.id, REGION, "node/1/a", int(time.time()) + 60)
 
     store.release_upload(upload.id, "node/2/b")
-    held = store.get_upload(upload.id, repository.id)
+    before_release = store.get_upload(upload.id, repository.id)
     store.release_upload(upload.id, "node/1/a")
     released = store.get_upload(upload.id, repository.id)
 
-    assert held.lease_owner == "node/1/a"
+    assert before_release.lease_owner == "node/1/a"
     assert released.lease_owner is None
 
 

@@ -220,14 +220,14 @@ def test_gc_removes_unrecorded_object(cluster: Cluster, clients: list[RegistryCl
     digest = sha256(data)
     key = f"{cluster.prefix}blobs/sha256/{digest[7:9]}/{digest[7:]}"
     cluster.rgw.client().put_object(Bucket=cluster.bucket, Key=key, Body=data)
-    kept = clients[0].push_image(REPOSITORY, "kept", "beside a stray object")
+    kept_manifest = clients[0].push_image(REPOSITORY, "kept", "beside a stray object")
     time.sleep(1.1)  # Timestamps are whole seconds: a zero grace period keeps what changed this second.
 
     dry_run = json.loads(cluster.nodes[1].cli("gc", "--grace-period", "0", "--dry-run", "--output", "json").stdout)
     listed_after_dry_run = key in cluster.object_keys("blobs")
     report = json.loads(cluster.nodes[1].cli("gc", "--grace-period", "0", "--output", "json").stdout)
     manifest = clients[2].request("GET", f"/v2/{REPOSITORY}/manifests/kept", network="vpc", repository=REPOSITORY,
-                                  headers={"Accept": json.loads(kept)["mediaType"]})
+                                  headers={"Accept": json.loads(kept_manifest)["mediaType"]})
 
     assert dry_run["blobs"] >= 1
     assert listed_after_dry_run is True
@@ -235,4 +235,4 @@ def test_gc_removes_unrecorded_object(cluster: Cluster, clients: list[RegistryCl
     assert key not in cluster.object_keys("blobs")
     assert cluster.object_keys("trash") == []
     assert manifest.status_code == 200
-    assert manifest.content == kept
+    assert manifest.content == kept_manifest

@@ -80,7 +80,7 @@ def outside_vpc_reason(public_host: str, vpc_host: str) -> str:
 
 def decide_network_and_client(vpc_endpoint: bool, from_vpc_network: bool, harbor_client: bool,
                                legacy_instance: bool, public_host: str, vpc_host: str) -> Decision:
-    """Apply the rules that hold for every request, whatever it asks for and whoever sends it."""
+    """Apply the rules that every request must pass, whatever its action and its caller."""
     if vpc_endpoint and not from_vpc_network:
         return Decision(Outcome.DENY, outside_vpc_reason(public_host, vpc_host))
     if harbor_client and not legacy_instance:
